@@ -1,0 +1,56 @@
+"""`check`: the config is valid (it loaded), the database answers, Twilio accepts us.
+
+Each check prints one line; secrets never appear, only where they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monitor.app import App, build_client, effective_notifiers
+from monitor.config import Settings
+from monitor.db.engine import require_current_schema
+
+
+def _database(settings: Settings) -> str:
+    app = App.open(settings)
+    try:
+        require_current_schema(app.engine)
+        counts = app.store.watch_counts()
+    finally:
+        app.close()
+    return f"{settings.database.safe_url} reachable, schema current, {sum(counts.values())} watches"
+
+
+def _twilio(settings: Settings) -> str:
+    client = build_client(settings)
+    try:
+        client.verify_credentials()
+    finally:
+        client.close()
+    tw = settings.twilio
+    kind = "API key " + (tw.api_key or "") if tw.api_key else "auth token"
+    return f"account {tw.account_sid} accepted ({kind}) at {client.base_url}"
+
+
+def _config(settings: Settings) -> str:
+    names = ", ".join(f"{n.name} ({n.type})" for n in effective_notifiers(settings))
+    source = settings.source or "built-in defaults"
+    return f"{source} valid; polling every {settings.polling.interval_s}s; notifiers: {names}"
+
+
+def run_checks(settings: Settings) -> int:
+    checks: list[tuple[str, Callable[[Settings], str]]] = [
+        ("config", _config),
+        ("database", _database),
+        ("twilio", _twilio),
+    ]
+    failed = 0
+    for name, check in checks:
+        try:
+            print(f"ok    {name:9} {check(settings)}")
+        except Exception as exc:
+            failed += 1
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"FAIL  {name:9} {first}")
+    return 1 if failed else 0

@@ -1,0 +1,504 @@
+"""Build the one frozen `Settings` from a TOML file, the environment and systemd credentials.
+
+This is the only reader of environment settings: callers pass `environ`, so
+tests supply their own. Every problem is collected before anything is
+returned, each pointing at the file line or variable it came from, and no
+message ever quotes a secret. The types and rules live in `config_schema`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitor.config_schema import (
+    DEFAULT_WEBHOOK_TIMEOUT_S,
+    NOTIFIER_KEYS,
+    SECTIONS,
+    ConfigError,
+    DatabaseSettings,
+    DispatchSettings,
+    FrozenMapping,
+    HttpSettings,
+    LoggingSettings,
+    NotifierSettings,
+    Origin,
+    PollingSettings,
+    Problems,
+    RawValue,
+    Secret,
+    SectionValues,
+    Settings,
+    TwilioSettings,
+    check_database,
+    check_dispatch,
+    check_http,
+    check_logging,
+    check_polling,
+    check_twilio,
+    url_problem,
+)
+from monitor.domain import END_REASONS, EVENT_TYPES
+
+__all__ = [
+    "ConfigError",
+    "DatabaseSettings",
+    "DispatchSettings",
+    "HttpSettings",
+    "LoggingSettings",
+    "NotifierSettings",
+    "PollingSettings",
+    "Secret",
+    "Settings",
+    "TwilioSettings",
+    "default_database_url",
+    "load_settings",
+]
+
+CONFIG_ENV = "CONFERENCE_MONITOR_CONFIG"
+ENV_PREFIX = "CONFERENCE_MONITOR_"
+# Not settings: the config path itself, and variables only the test suite reads.
+_NOT_OVERRIDES = (CONFIG_ENV, "CONFERENCE_MONITOR_TEST_")
+DB_FILENAME = "conference-monitor.db"
+CREDENTIAL_NAMES = {
+    "TWILIO_ACCOUNT_SID": "account_sid",
+    "TWILIO_AUTH_TOKEN": "auth_token",
+    "TWILIO_API_KEY": "api_key",
+    "TWILIO_API_SECRET": "api_secret",
+}
+_SECRET_KEYS = ("secret", "secret_env", "secret_credential")
+_WEBHOOK_ONLY = ("url", *_SECRET_KEYS, "headers", "timeout")
+_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Set by the signer; a configured value would break verification.
+_SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
+_Layers = dict[str, dict[str, RawValue]]
+_Table = tuple[str | int, ...]
+
+
+def default_database_url(environ: Mapping[str, str]) -> str:
+    """SQLite in systemd's $STATE_DIRECTORY (its first entry), else the working folder."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    folder = Path(state) if state else Path.cwd()
+    return f"sqlite:///{(folder / DB_FILENAME).absolute()}"
+
+
+def load_settings(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, overlay and validate everything; raise ConfigError listing every problem.
+
+    Precedence, highest first: CONFERENCE_MONITOR_<SECTION>_<KEY>, TWILIO_*,
+    $CREDENTIALS_DIRECTORY files, the TOML file, built-in defaults.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    source = _config_path(path, env)
+    text, doc = ("", {}) if source is None else _read_toml(source, from_env=path is None)
+    ctx = _Context(env, Problems(), str(source) if source else None, LineIndex(text))
+    raws, notifier_tables = _file_layer(doc, ctx)
+    _overlay_credentials_directory(raws, ctx)
+    _overlay_twilio_env(raws, env)
+    _overlay_overrides(raws, ctx)
+    settings = _build(raws, notifier_tables, ctx, source)
+    if ctx.problems:
+        raise ConfigError(ctx.problems.messages)
+    return settings
+
+
+class LineIndex:
+    """Best-effort map from (table, key) to a 1-based file line: tomllib gives no positions.
+
+    Tables are tuples such as ("polling",) or ("notifiers", 2) for the third
+    [[notifiers]]. Text inside multi-line strings is skipped.
+    """
+
+    _PART = re.compile(r"[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'")
+    _ARRAY = re.compile(r"\s*\[\[([^\[\]]+)\]\]")
+    _TABLE = re.compile(r"\s*\[([^\[\]]+)\]")
+    _KEY = re.compile(rf"\s*((?:{_PART.pattern})(?:\s*\.\s*(?:{_PART.pattern}))*)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.tables: dict[_Table, int] = {}
+        self.keys: dict[tuple[_Table, str], int] = {}
+        self._arrays: dict[_Table, int] = {}
+        current: _Table = ()
+        closing: str | None = None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if closing is not None:
+                closing = None if closing in line else closing
+                continue
+            current = self._scan(line, number, current)
+            closing = _opens_multiline(line)
+
+    def line(self, table: _Table, key: str | None = None) -> int | None:
+        """The key's line, else the line that opened `table`, else None."""
+        if key is not None and (table, key) in self.keys:
+            return self.keys[(table, key)]
+        if key is not None and table + (key,) in self.tables:
+            return self.tables[table + (key,)]
+        return self.tables.get(table)
+
+    def _scan(self, line: str, number: int, current: _Table) -> _Table:
+        if found := self._ARRAY.match(line):
+            parts = self._parts(found[1])
+            array = self._resolve(parts[:-1]) + (parts[-1],)
+            index = self._arrays.get(array, 0)
+            self._arrays[array] = index + 1
+            self.tables.setdefault(array + (index,), number)
+            return array + (index,)
+        if found := self._TABLE.match(line):
+            table = self._resolve(self._parts(found[1]))
+            self.tables.setdefault(table, number)
+            return table
+        if found := self._KEY.match(line):
+            parts = self._parts(found[1])
+            for depth in range(1, len(parts)):
+                self.tables.setdefault(current + tuple(parts[:depth]), number)
+            self.keys.setdefault((current + tuple(parts[:-1]), parts[-1]), number)
+        return current
+
+    def _parts(self, dotted: str) -> list[str]:
+        return [p.strip("\"'") for p in self._PART.findall(dotted)]
+
+    def _resolve(self, parts: list[str]) -> _Table:
+        """A path inside an array of tables refers to its latest element."""
+        table: _Table = ()
+        for part in parts:
+            table += (part,)
+            if table in self._arrays:
+                table += (self._arrays[table] - 1,)
+        return table
+
+
+def _opens_multiline(line: str) -> str | None:
+    if line.lstrip().startswith("#"):
+        return None
+    return next((d for d in ('"""', "'''") if line.count(d) % 2 == 1), None)
+
+
+@dataclass
+class _Context:
+    environ: Mapping[str, str]
+    problems: Problems
+    file: str | None
+    lines: LineIndex
+
+    def origin(self, table: _Table, key: str | None = None) -> Origin:
+        if self.file is None:
+            return Origin()
+        return Origin(file=self.file, line=self.lines.line(table, key))
+
+
+def _config_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    named = path if path is not None else env.get(CONFIG_ENV)
+    return Path(named) if named else None
+
+
+def _read_toml(source: Path, *, from_env: bool) -> tuple[str, dict[str, Any]]:
+    named_by = f" (named by {CONFIG_ENV})" if from_env else ""
+    try:
+        text = source.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError([f"{source}: configuration file not found{named_by}"]) from None
+    except OSError as e:
+        raise ConfigError([f"{source}: cannot read configuration file: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: configuration file is not UTF-8 text"]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([_toml_error(source, str(e))]) from None
+
+
+def _toml_error(source: Path, message: str) -> str:
+    """`file:line:column: invalid TOML: ...`; tomllib puts the position only in its message."""
+    found = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+    if found is None:
+        return f"{source}: invalid TOML: {message}"
+    what = message[: found.start()] + message[found.end() :]
+    return f"{source}:{found[1]}:{found[2]}: invalid TOML: {what}"
+
+
+def _suggest(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """A "did you mean" for a typo; `prefix` is shared by all, so it would only add noise."""
+    close = difflib.get_close_matches(word.removeprefix(prefix), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def _file_layer(doc: dict[str, Any], ctx: _Context) -> tuple[_Layers, list[Any]]:
+    raws: _Layers = {name: {} for name in SECTIONS}
+    notifiers: list[Any] = []
+    for name, table in doc.items():
+        origin = ctx.origin((), name)
+        if name == "notifiers":
+            if isinstance(table, list) and all(isinstance(t, dict) for t in table):
+                notifiers = table
+            else:
+                ctx.problems.add(origin, name, "must be an array of tables ([[notifiers]])")
+        elif name not in SECTIONS:
+            hint = _suggest(name, [*SECTIONS, "notifiers"])
+            ctx.problems.add(origin, name, f"unknown section{hint}")
+        elif not isinstance(table, dict):
+            ctx.problems.add(origin, name, f"must be a table ([{name}])")
+        else:
+            raws[name] = _file_table(name, table, ctx)
+    return raws, notifiers
+
+
+def _file_table(name: str, table: dict[str, Any], ctx: _Context) -> dict[str, RawValue]:
+    known = SECTIONS[name]
+    found: dict[str, RawValue] = {}
+    for key, value in table.items():
+        origin = ctx.origin((name,), key)
+        if key in known:
+            found[key] = RawValue(value, origin)
+        else:
+            ctx.problems.add(origin, f"{name}.{key}", f"unknown key{_suggest(key, known)}")
+    return found
+
+
+def _overlay_credentials_directory(raws: _Layers, ctx: _Context) -> None:
+    """systemd LoadCredential= files named like the TWILIO_* variables."""
+    folder = ctx.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return
+    for name, key in CREDENTIAL_NAMES.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            ctx.problems.add(Origin(file=str(path)), f"twilio.{key}", "cannot read credential file")
+            continue
+        if text:
+            raws["twilio"][key] = RawValue(text, Origin(file=str(path)), textual=True)
+
+
+def _overlay_twilio_env(raws: _Layers, environ: Mapping[str, str]) -> None:
+    """TWILIO_* as the Twilio SDK and CLI read them; an empty variable counts as unset."""
+    for name, key in CREDENTIAL_NAMES.items():
+        if environ.get(name):
+            raws["twilio"][key] = RawValue(environ[name], Origin(env=name), textual=True)
+
+
+def _overlay_overrides(raws: _Layers, ctx: _Context) -> None:
+    for var, text in ctx.environ.items():
+        if not var.startswith(ENV_PREFIX) or var.startswith(_NOT_OVERRIDES):
+            continue
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("_")
+        if section == "notifiers":
+            ctx.problems.add(Origin(env=var), None, "notifiers can only be set in the file")
+        elif section in SECTIONS and key in SECTIONS[section]:
+            raws[section][key] = RawValue(text, Origin(env=var), textual=True)
+        else:
+            valid = [f"{s}_{k}".upper() for s, keys in SECTIONS.items() for k in keys]
+            hint = _suggest(var, valid, prefix=ENV_PREFIX)
+            ctx.problems.add(Origin(env=var), None, f"unknown setting{hint}")
+
+
+_SECTION_CHECKS = {
+    "twilio": check_twilio,
+    "database": check_database,
+    "polling": check_polling,
+    "dispatch": check_dispatch,
+    "http": check_http,
+    "logging": check_logging,
+}
+
+
+def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | None) -> Settings:
+    attrs: dict[str, dict[str, Any]] = {}
+    for name, keys in SECTIONS.items():
+        values = SectionValues(name, ctx.problems, ctx.origin((name,))).load(keys, raws[name])
+        _SECTION_CHECKS[name](values)
+        attrs[name] = values.attrs(keys)
+    attrs["database"].setdefault("url", default_database_url(ctx.environ))
+    return Settings(
+        twilio=TwilioSettings(**attrs["twilio"]),
+        database=DatabaseSettings(
+            **{"url": default_database_url(ctx.environ), **attrs["database"]}
+        ),
+        polling=PollingSettings(**attrs["polling"]),
+        dispatch=DispatchSettings(**attrs["dispatch"]),
+        http=HttpSettings(**attrs["http"]),
+        logging=LoggingSettings(**attrs["logging"]),
+        notifiers=_notifiers(notifiers, ctx),
+        source=source,
+    )
+
+
+def _notifiers(tables: list[dict[str, Any]], ctx: _Context) -> tuple[NotifierSettings, ...]:
+    built: list[NotifierSettings] = []
+    first_index: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        s = _load_notifier(i, table, ctx)
+        _check_notifier(s)
+        secret = _webhook_secret(s, ctx) if s.get("type") == "webhook" else None
+        name = s.get("name")
+        if isinstance(name, str) and name in first_index:
+            s.problem("name", f"duplicate name {name!r} (also notifiers[{first_index[name]}])")
+        elif isinstance(name, str):
+            first_index[name] = i
+        if not s.failed:
+            built.append(_notifier_settings(s, secret))
+    return tuple(built)
+
+
+def _load_notifier(i: int, table: dict[str, Any], ctx: _Context) -> SectionValues:
+    s = SectionValues(f"notifiers[{i}]", ctx.problems, ctx.origin(("notifiers", i)))
+    raws: dict[str, RawValue] = {}
+    for key, value in table.items():
+        origin = ctx.origin(("notifiers", i), key)
+        if key in NOTIFIER_KEYS:
+            raws[key] = RawValue(value, origin)
+        else:
+            s.origins[key] = origin
+            s.problem(key, f"unknown key{_suggest(key, NOTIFIER_KEYS)}")
+    return s.load(NOTIFIER_KEYS, raws)
+
+
+def _check_notifier(s: SectionValues) -> None:
+    """Name, type and filters; a webhook's url and headers. Its secret is the loader's job."""
+    if "name" not in s.origins:
+        s.problem("name", "missing: every notifier needs a unique name")
+    elif s.get("name") == "":
+        s.problem("name", "must not be empty")
+    kind = s.get("type")
+    if "type" not in s.origins:
+        s.problem("type", "missing: 'log' or 'webhook'")
+    elif kind is not None and kind not in ("log", "webhook"):
+        s.problem("type", f"must be 'log' or 'webhook' (got {kind!r})")
+    _check_filters(s)
+    if kind == "webhook":
+        _check_webhook(s)
+    elif kind == "log":
+        for key in _WEBHOOK_ONLY:
+            if key in s.origins:
+                s.problem(key, "only applies to webhook notifiers")
+
+
+def _check_filters(s: SectionValues) -> None:
+    for key, valid, what in (
+        ("events", EVENT_TYPES, "event type"),
+        ("reasons", END_REASONS, "end reason"),
+    ):
+        chosen = s.get(key)
+        if chosen is None:
+            continue
+        unknown = [repr(v) for v in chosen if v not in valid]
+        if unknown:
+            s.problem(key, f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
+        elif not chosen:
+            s.problem(key, "is empty, so nothing would match; leave it out to match the default")
+    if "" in s.get("friendly_names", ()):
+        s.problem("friendly_names", "patterns must not be empty")
+
+
+def _check_webhook(s: SectionValues) -> None:
+    if "url" not in s.origins:
+        s.problem("url", "missing: a webhook notifier needs a url")
+    elif s.get("url") is not None and (why := url_problem(s.get("url"), bare=False)):
+        s.problem("url", why)
+    for name, value in s.get("headers", {}).items():
+        if not _HEADER_NAME_RE.fullmatch(name):
+            s.problem("headers", f"{name!r} is not a valid header name")
+        elif name.lower() in _SIGNING_HEADERS:
+            s.problem("headers", f"{name!r} is set by the signature and cannot be overridden")
+        elif "\r" in value or "\n" in value:
+            s.problem("headers", f"the value of {name!r} contains a line break")
+    if s.get("timeout") == 0:
+        s.problem("timeout", "must be more than 0")
+
+
+def _whsec_problem(value: str) -> str | None:
+    """Standard Webhooks secrets are `whsec_` + base64 of the HMAC key."""
+    if not value.startswith("whsec_"):
+        return "the signing secret must start with 'whsec_' (Standard Webhooks)"
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        return "the signing secret is not valid base64 after 'whsec_'"
+    return None if key else "the signing secret is empty after 'whsec_'"
+
+
+def _webhook_secret(s: SectionValues, ctx: _Context) -> Secret | None:
+    """The signing secret from exactly one of secret, secret_env, secret_credential."""
+    given = [k for k in _SECRET_KEYS if k in s.origins]
+    if len(given) > 1:
+        s.problem(
+            given[1], f"give only one of {', '.join(_SECRET_KEYS)} (found {', '.join(given)})"
+        )
+        return None
+    if not given:
+        s.problem(
+            "secret",
+            "missing: unsigned webhooks cannot be trusted; set secret, "
+            "secret_env or secret_credential to a whsec_ signing secret",
+        )
+        return None
+    if given[0] not in s.values:
+        return None  # mistyped, already reported
+    value = _secret_text(s, given[0], ctx.environ)
+    if value is not None and (why := _whsec_problem(value)):
+        s.problem(given[0], why)
+        return None
+    return None if value is None else Secret(value)
+
+
+def _secret_text(s: SectionValues, key: str, environ: Mapping[str, str]) -> str | None:
+    source = s.values[key]
+    if key == "secret":
+        if source is None:
+            s.problem(key, "must not be empty")
+        return None if source is None else str(source.reveal())
+    if key == "secret_env":
+        if not environ.get(source):
+            s.problem(key, f"environment variable {source!r} is not set")
+        return environ.get(source) or None
+    return _read_credential(s, source, environ)
+
+
+def _read_credential(s: SectionValues, name: str, environ: Mapping[str, str]) -> str | None:
+    folder = environ.get("CREDENTIALS_DIRECTORY")
+    if not name or "/" in name or name in (".", ".."):
+        s.problem("secret_credential", "must be a plain file name in $CREDENTIALS_DIRECTORY")
+    elif not folder:
+        s.problem(
+            "secret_credential",
+            f"credential {name!r} needs $CREDENTIALS_DIRECTORY, "
+            "which is not set (systemd LoadCredential=)",
+        )
+    elif not (path := Path(folder) / name).is_file():
+        s.problem("secret_credential", f"credential file {str(path)!r} does not exist")
+    else:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            s.problem("secret_credential", f"cannot read credential file {str(path)!r}")
+    return None
+
+
+def _notifier_settings(s: SectionValues, secret: Secret | None) -> NotifierSettings:
+    def given(key: str, default: Any) -> Any:
+        return s.get(key) if s.given(key) else default
+
+    return NotifierSettings(
+        name=s.get("name"),
+        type=s.get("type"),
+        events=frozenset(s.get("events")) if s.given("events") else None,
+        reasons=frozenset(s.get("reasons")) if s.given("reasons") else None,
+        friendly_names=given("friendly_names", ()),
+        include_first_seen=given("include_first_seen", False),
+        url=s.get("url"),
+        secret=secret,
+        headers=given("headers", FrozenMapping()),
+        timeout_s=given("timeout", DEFAULT_WEBHOOK_TIMEOUT_S),
+    )

@@ -1,0 +1,196 @@
+"""SQLAlchemy 2 tables: watches, snapshots, events, the delivery outbox and its attempts.
+
+What is due lives here (`watches.next_poll_at`, `deliveries.next_attempt_at`), so a
+restart resumes where the last process stopped and several instances on one
+PostgreSQL can share work by claiming rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a real bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which keeps no zone) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Watch(Base):
+    """A conference SID being watched, its lifecycle state and when it is next due."""
+
+    __tablename__ = "watches"
+
+    sid: Mapped[str] = mapped_column(String(34), primary_key=True)
+    account_sid: Mapped[str] = mapped_column(String(34))
+    label: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active|completed|not_found
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_poll_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status: Mapped[str | None] = mapped_column(String(32))
+    high_status: Mapped[str | None] = mapped_column(String(32))
+    current_snapshot_id: Mapped[int | None] = mapped_column(BigId)
+    current_hash: Mapped[str | None] = mapped_column(String(64))
+    first_not_found_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_errors: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index(None, "status", "next_poll_at"),)
+
+
+class Snapshot(Base):
+    """One distinct state of a conference; repeated identical observations only bump the count."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conference_sid: Mapped[str] = mapped_column(String(34))
+    account_sid: Mapped[str | None] = mapped_column(String(34))
+    status: Mapped[str | None] = mapped_column(String(32))
+    friendly_name: Mapped[str | None] = mapped_column(String(256))
+    region: Mapped[str | None] = mapped_column(String(32))
+    reason_conference_ended: Mapped[str | None] = mapped_column(String(64))
+    call_sid_ending_conference: Mapped[str | None] = mapped_column(String(34))
+    date_created: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    date_updated: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    content_hash: Mapped[str] = mapped_column(String(64))
+    raw_json: Mapped[str] = mapped_column(Text)
+    detected_via: Mapped[str] = mapped_column(String(8))
+    first_observed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_observed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    observation_count: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index(None, "conference_sid", "id"),)
+
+
+class Event(Base):
+    """A detected transition (or watch outcome); `body` is the exact notification document."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    conference_sid: Mapped[str | None] = mapped_column(String(34))
+    account_sid: Mapped[str | None] = mapped_column(String(34))
+    snapshot_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("snapshots.id"))
+    from_status: Mapped[str | None] = mapped_column(String(32))
+    to_status: Mapped[str | None] = mapped_column(String(32))
+    skipped: Mapped[str] = mapped_column(String(64), default="")  # comma-separated
+    reason_conference_ended: Mapped[str | None] = mapped_column(String(64))
+    call_sid_ending_conference: Mapped[str | None] = mapped_column(String(34))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    body: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        Index(None, "occurred_at"),
+        Index(None, "conference_sid", "occurred_at"),
+        Index(None, "type", "occurred_at"),
+    )
+
+
+class Delivery(Base):
+    """The outbox: one row per (event, notifier), claimed with a lease by a dispatcher."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), ForeignKey("events.id"))
+    notifier: Mapped[str] = mapped_column(String(100))
+    event_type: Mapped[str] = mapped_column(String(40))
+    conference_sid: Mapped[str | None] = mapped_column(String(34))
+    status: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("event_id", "notifier"),
+        Index(None, "status", "next_attempt_at"),
+        Index(None, "notifier", "conference_sid", "status"),
+    )
+
+
+class DeliveryAttempt(Base):
+    """Every try at a delivery: when, what the receiver said, how long it took."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("deliveries.id"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index(None, "delivery_id"),)
+
+
+class NotifierState(Base):
+    """A notifier turned off by its receiver (HTTP 410) stays off across restarts."""
+
+    __tablename__ = "notifier_state"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    url_fingerprint: Mapped[str | None] = mapped_column(String(64))
+
+
+class AccountState(Base):
+    """Credentials rejected for an account: one `watch.auth_failed` per episode, not per watch."""
+
+    __tablename__ = "account_state"
+
+    account_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
+    auth_failed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)

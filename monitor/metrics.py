@@ -1,0 +1,189 @@
+"""Prometheus metrics behind plain methods, so callers never touch prometheus objects.
+
+Each `Metrics` owns its registry (not the process-global one), so tests and
+several daemons in one process never collide on metric names.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from monitor.domain import EVENT_TYPES
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "conference_monitor"
+POLL_OUTCOMES = (
+    "ok",
+    "not_found",
+    "auth_failed",
+    "rate_limited",
+    "transient",
+    "bad_payload",
+    "error",
+)
+DELIVERY_OUTCOMES = ("delivered", "retry", "failed", "dead", "disabled")
+# The outbox calls a row that will be tried again "pending"; the metric says "retry".
+_DELIVERY_ALIASES = {"pending": "retry"}
+# A Twilio fetch takes tens of milliseconds; the client timeout caps it near 10 s.
+POLL_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _known(value: str, allowed: tuple[str, ...], what: str) -> bool:
+    """Whether a label value is one of the documented ones.
+
+    An unknown one is logged and not counted: a typo must not mint a new series,
+    and metrics must never break the poll or delivery they observe.
+    """
+    if value in allowed:
+        return True
+    logger.warning("event=metrics.unknown_label %s=%r expected=%s", what, value, "|".join(allowed))
+    return False
+
+
+class Metrics:
+    """The daemon's metrics; `render()` is the /metrics body."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._refresher: Callable[[], None] | None = None
+        self._render_lock = threading.Lock()
+        self._known_watch_statuses: set[str] = set()
+        self._define_poll_metrics()
+        self._define_flow_metrics()
+        self._define_config_metrics()
+        if process_metrics:  # the stock collectors live on the global registry; own copies
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    def _define_poll_metrics(self) -> None:
+        r = self.registry
+        self._polls = Counter(
+            f"{PREFIX}_polls", "Conference polls by outcome.", ["outcome"], registry=r
+        )
+        for outcome in POLL_OUTCOMES:  # export zeros so rate() works from the first scrape
+            self._polls.labels(outcome)
+        self._poll_duration = Histogram(
+            f"{PREFIX}_poll_duration_seconds",
+            "Time taken by one conference poll, any outcome.",
+            buckets=POLL_BUCKETS_S,
+            registry=r,
+        )
+        self._twilio_errors = Counter(
+            f"{PREFIX}_twilio_errors",
+            "Errors answered by Twilio, by Twilio error code or else HTTP status.",
+            ["code"],
+            registry=r,
+        )
+        self._last_poll = Gauge(
+            f"{PREFIX}_last_poll_timestamp_seconds",
+            "Unix time of the most recent finished poll; alert when it stops moving.",
+            registry=r,
+        )
+
+    def _define_flow_metrics(self) -> None:
+        r = self.registry
+        self._watches = Gauge(f"{PREFIX}_watches", "Watches by status.", ["status"], registry=r)
+        self._transitions = Counter(
+            f"{PREFIX}_transitions", "Detected transitions and watch events.", ["type"], registry=r
+        )
+        for kind in EVENT_TYPES:
+            self._transitions.labels(kind)
+        self._deliveries = Counter(
+            f"{PREFIX}_deliveries",
+            "Notification delivery attempts by notifier and outcome.",
+            ["notifier", "outcome"],
+            registry=r,
+        )
+        self._backlog = Gauge(
+            f"{PREFIX}_outbox_backlog", "Deliveries not yet delivered or dead.", registry=r
+        )
+        self._oldest_age = Gauge(
+            f"{PREFIX}_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending delivery; 0 when none is pending.",
+            registry=r,
+        )
+        self._snapshots = Counter(
+            f"{PREFIX}_snapshots_written", "Conference snapshot rows written.", registry=r
+        )
+
+    def _define_config_metrics(self) -> None:
+        r = self.registry
+        self._reloads = Counter(
+            f"{PREFIX}_config_reloads", "Configuration reloads by result.", ["result"], registry=r
+        )
+        for result in ("success", "failure"):
+            self._reloads.labels(result)
+        self._reload_ok = Gauge(
+            f"{PREFIX}_config_last_reload_success",
+            "1 if the last configuration (re)load succeeded, else 0.",
+            registry=r,
+        )
+        self._reload_ok.set(1)  # the daemon only runs after its first load succeeded
+
+    def observe_poll(self, outcome: str, seconds: float) -> None:
+        """Record one finished poll: its outcome, how long it took, and when."""
+        if _known(outcome, POLL_OUTCOMES, "poll_outcome"):
+            self._polls.labels(outcome).inc()
+        self._poll_duration.observe(max(seconds, 0.0))
+        self._last_poll.set_to_current_time()
+
+    def count_twilio_error(self, code: int | str) -> None:
+        self._twilio_errors.labels(str(code)).inc()
+
+    def count_transition(self, type: str) -> None:
+        self._transitions.labels(type).inc()
+
+    def count_delivery(self, notifier: str, outcome: str) -> None:
+        """Count one attempt; the outbox's own "pending" is accepted as "retry"."""
+        outcome = _DELIVERY_ALIASES.get(outcome, outcome)
+        if _known(outcome, DELIVERY_OUTCOMES, "delivery_outcome"):
+            self._deliveries.labels(notifier, outcome).inc()
+
+    def set_watches(self, counts: Mapping[str, int]) -> None:
+        """Replace the per-status watch counts; a status no longer present drops to 0."""
+        for status in self._known_watch_statuses - counts.keys():
+            self._watches.labels(status).set(0)
+        for status, count in counts.items():
+            self._watches.labels(status).set(count)
+        self._known_watch_statuses.update(counts)
+
+    def set_outbox(self, backlog: int, oldest_age_s: float | None) -> None:
+        self._backlog.set(backlog)
+        self._oldest_age.set(max(oldest_age_s, 0.0) if oldest_age_s is not None else 0.0)
+
+    def config_reloaded(self, ok: bool) -> None:
+        self._reloads.labels("success" if ok else "failure").inc()
+        self._reload_ok.set(1 if ok else 0)
+
+    def snapshots_written(self, n: int = 1) -> None:
+        self._snapshots.inc(n)
+
+    def set_refresher(self, fn: Callable[[], None] | None) -> None:
+        """Register a callback run before each render, to refresh gauges lazily."""
+        self._refresher = fn
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition, after running the refresher if any."""
+        with self._render_lock:  # concurrent scrapes must not run the refresher twice at once
+            if self._refresher is not None:
+                try:
+                    self._refresher()
+                except Exception:
+                    # Stale gauges beat a failed scrape: the counters still matter.
+                    logger.warning("event=metrics.refresh_failed", exc_info=True)
+            return generate_latest(self.registry)

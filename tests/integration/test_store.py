@@ -1,0 +1,162 @@
+"""Store round trips on a real SQLite file and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, func, select
+
+from monitor.db.engine import (
+    SchemaBehind,
+    current_revision,
+    head_revision,
+    make_engine,
+    require_current_schema,
+    upgrade,
+)
+from monitor.db.models import Base, Delivery, Event, Snapshot
+from monitor.db.outbox import AttemptOutcome, Outbox
+from monitor.db.store import Store
+from monitor.domain import Conference
+from monitor.outcomes import PollPolicy, not_found, observation
+
+ACCOUNT = "AC" + "a" * 32
+SID = "CF" + "1" * 32
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def conf(status: str, **kw: object) -> Conference:
+    raw = {"sid": SID, "account_sid": ACCOUNT, "status": status, **kw}
+    return Conference(sid=SID, account_sid=ACCOUNT, status=status, raw=raw)  # type: ignore[arg-type]
+
+
+def everyone(_type: str, _data: dict[str, object]) -> tuple[str, ...]:
+    return ("log", "hook")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def count(engine: Engine, model: type) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    assert diff == []
+    assert current_revision(engine) == head_revision()
+
+
+def test_empty_database_is_behind(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with pytest.raises(SchemaBehind, match="conference-monitor db upgrade"):
+            require_current_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def test_observations_bump_or_insert_snapshots_with_events_and_outbox(engine: Engine) -> None:
+    store = Store(engine)
+    assert store.add_watches([SID, SID], ACCOUNT, "room", T0) == [SID]
+    assert store.add_watches([SID], ACCOUNT, None, T0) == []
+
+    def poll(status: str, at: datetime) -> None:
+        (watch,) = store.claim_due_watches(at, 10, 1.0, 0.0)
+        store.record([observation(watch, conf(status), at, "poll", everyone)])
+
+    poll("init", T0)
+    poll("init", T0 + timedelta(seconds=1))  # unchanged: bump, no new row
+    poll("in-progress", T0 + timedelta(seconds=2))
+    poll("completed", T0 + timedelta(seconds=3))
+    assert count(engine, Snapshot) == 3
+    assert count(engine, Event) == 3  # first_seen, started, ended
+    assert count(engine, Delivery) == 6  # two notifiers each (filters are the caller's)
+    with engine.connect() as conn:
+        first = conn.execute(select(Snapshot).order_by(Snapshot.id)).first()
+        assert first is not None and first.observation_count == 2
+        assert first.last_observed_at == T0 + timedelta(seconds=1)
+    (row,) = store.list_watches()
+    assert row["status"] == "completed" and row["high_status"] == "completed"
+    assert store.claim_due_watches(T0 + timedelta(hours=1), 10, 1.0, 0.0) == []
+
+
+def test_claim_pushes_next_poll_forward(engine: Engine) -> None:
+    store = Store(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    assert len(store.claim_due_watches(T0, 10, 5.0, 0.0)) == 1
+    assert store.claim_due_watches(T0 + timedelta(seconds=4), 10, 5.0, 0.0) == []
+    assert len(store.claim_due_watches(T0 + timedelta(seconds=5), 10, 5.0, 0.0)) == 1
+
+
+def test_not_found_after_grace_ends_the_watch_with_one_event(engine: Engine) -> None:
+    store = Store(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    policy = PollPolicy(interval_s=1.0, not_found_grace_s=2.0)
+    at = T0
+    for _ in range(10):
+        claimed = store.claim_due_watches(at, 10, 1.0, 0.0)
+        if claimed:
+            store.record([], [not_found(claimed[0], at, policy, everyone)])
+        at += timedelta(seconds=1)
+    (row,) = store.list_watches()
+    assert row["status"] == "not_found"
+    with engine.connect() as conn:
+        types = list(conn.scalars(select(Event.type)))
+    assert types == ["watch.not_found"]
+
+
+def test_auth_failed_is_one_episode_until_cleared(engine: Engine) -> None:
+    store = Store(engine)
+    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is True
+    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is False
+    assert store.failing_accounts() == {ACCOUNT}
+    assert store.clear_auth_failed([ACCOUNT]) == [ACCOUNT]
+    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is True
+
+
+def test_outbox_claim_lease_fence_and_ordering(engine: Engine) -> None:
+    store, outbox = Store(engine), Outbox(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    for i, status in enumerate(["init", "in-progress", "completed"]):
+        (watch,) = store.claim_due_watches(T0 + timedelta(seconds=i), 10, 1.0, 0.0)
+        store.record(
+            [observation(watch, conf(status), T0 + timedelta(seconds=i), "poll", everyone)]
+        )
+    now = T0 + timedelta(seconds=10)
+    first = outbox.claim("hook", now, 10, "a", 30)
+    # Only the oldest row of the conference: ended waits until started is done.
+    assert [c.event_type for c in first] == ["conference.first_seen"]
+    assert outbox.claim("hook", now, 10, "b", 30) == []  # leased
+    assert not outbox.finish(first[0].id, "b", AttemptOutcome("delivered", now, 1.0, 200))
+    assert outbox.finish(first[0].id, "a", AttemptOutcome("delivered", now, 1.0, 200))
+    second = outbox.claim("hook", now, 10, "a", 30)
+    assert [c.event_type for c in second] == ["conference.started"]
+    outbox.finish(second[0].id, "a", AttemptOutcome("dead", now, 1.0, 500, "gave up"))
+    third = outbox.claim("hook", now, 10, "a", 30)
+    assert [c.event_type for c in third] == ["conference.ended"]
+    assert outbox.retry([second[0].id, third[0].id], now) == [second[0].id]
+    shown = outbox.show(second[0].id)
+    assert shown is not None and shown["status"] == "pending"
+    assert [a["status_code"] for a in shown["attempt_log"]] == [500]
+
+
+def test_disabled_notifier_survives_and_retry_reenables(engine: Engine) -> None:
+    outbox = Outbox(engine)
+    outbox.disable_notifier("hook", "410", T0)
+    assert outbox.disabled_notifiers() == {"hook": "410"}
+    assert outbox.enable_notifier("hook") is True
+    assert outbox.disabled_notifiers() == {}

@@ -125,6 +125,7 @@ class App:
                 concurrency=self.settings.twilio.concurrency,
                 jitter_s=polling.jitter_s,
                 batch_size=polling.batch_size,
+                use_list=polling.use_list,
                 on_poll=self.metrics.observe_poll,
             )
         return self.poller

@@ -8,7 +8,7 @@ so a conference polled by hand and by the daemon leaves the same history.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,10 +35,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Below this many due watches of one account, one fetch each is cheaper than two lists.
+LIST_MIN_WATCHES = 5
+ACTIVE_STATUSES = ("init", "in-progress")
+
+
 class ConferenceSource(Protocol):
     """What the poller needs from Twilio (the real client satisfies it)."""
 
     def fetch_conference(self, sid: str, *, account_sid: str | None = None) -> Conference: ...
+
+    def list_conferences(
+        self, *, status: str | None = None, account_sid: str | None = None
+    ) -> Iterable[Conference]: ...
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Poller:
         concurrency: int = 8,
         jitter_s: float = 0.0,
         batch_size: int = 500,
+        use_list: bool = True,
         on_poll: Callable[[str, float], None] | None = None,
     ) -> None:
         self.store = store
@@ -74,6 +84,7 @@ class Poller:
         self.recipients = recipients
         self.jitter_s = jitter_s
         self.batch_size = batch_size
+        self.use_list = use_list
         self.on_poll = on_poll
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="poll")
 
@@ -100,17 +111,17 @@ class Poller:
         report = PollReport(claimed=len(watches))
         if not watches:
             return report
-        fetched = list(self._pool.map(self._fetch, watches))
+        listed, to_fetch = self._observe_by_list(watches) if self.use_list else ([], watches)
+        fetched: list[tuple[WatchState, FetchResult, str]] = [(w, c, "list") for w, c in listed]
+        fetched += [(w, r, "poll") for w, r in self._pool.map(self._fetch, to_fetch)]
         observations: list[Observation] = []
         misses: list[Miss] = []
         auth_events: list[NewEvent] = []
         ok_accounts: set[str] = set()
-        for watch, result in fetched:
+        for watch, result, via in fetched:
             now = utcnow()
             if isinstance(result, Conference):
-                observations.append(
-                    outcomes.observation(watch, result, now, "poll", self.recipients)
-                )
+                observations.append(outcomes.observation(watch, result, now, via, self.recipients))
                 report.observed.append(result)
                 report.count("ok")
                 ok_accounts.add(watch.account_sid)
@@ -119,6 +130,49 @@ class Poller:
         report.result = self.store.record(observations, misses, self.policy.interval_s, auth_events)
         self._after_record(report, observations, ok_accounts)
         return report
+
+    def _observe_by_list(
+        self, watches: list[WatchState]
+    ) -> tuple[list[tuple[WatchState, Conference]], list[WatchState]]:
+        """Observe active conferences two list calls at a time instead of one fetch each.
+
+        Watches missing from both lists (completed, or not yet visible) are left to
+        a fetch of their own, so nothing is decided from absence alone.
+        """
+        by_account: dict[str, list[WatchState]] = {}
+        for watch in watches:
+            by_account.setdefault(watch.account_sid, []).append(watch)
+        listed: list[tuple[WatchState, Conference]] = []
+        to_fetch: list[WatchState] = []
+        for account, group in by_account.items():
+            started = utcnow()
+            active = self._list_active(account) if len(group) >= LIST_MIN_WATCHES else None
+            seconds = (utcnow() - started).total_seconds()
+            for watch in group:
+                found = active.get(watch.sid) if active is not None else None
+                if found is not None:
+                    listed.append((watch, found))
+                    if self.on_poll:  # each conference observed is one poll, outcome ok
+                        self.on_poll("ok", seconds)
+                else:
+                    to_fetch.append(watch)
+        return listed, to_fetch
+
+    def _list_active(self, account: str) -> dict[str, Conference] | None:
+        seen: dict[str, Conference] = {}
+        try:
+            for status in ACTIVE_STATUSES:  # later status wins if one moved between calls
+                for conference in self.source.list_conferences(status=status, account_sid=account):
+                    seen[conference.sid] = conference
+        except Exception as exc:
+            log.warning(
+                "listing active conferences of %s failed, fetching one by one: %s",
+                account,
+                exc,
+                extra={"event": "poll.list_failed"},
+            )
+            return None
+        return seen
 
     def _fetch(self, watch: WatchState) -> tuple[WatchState, FetchResult]:
         started = utcnow()

@@ -127,6 +127,23 @@ class Outbox:
                 )
         return bool(updated)
 
+    def extend(self, ids: list[int], owner: str, now: datetime, lease_s: float) -> set[int]:
+        """Renew our lease on `ids`; the ids still ours (a lapsed one may have been taken)."""
+        if not ids:
+            return set()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(D)
+                .where(D.c.id.in_(ids), D.c.lease_owner == owner, D.c.status == "pending")
+                .values(lease_until=now + timedelta(seconds=lease_s))
+            )
+            kept = conn.execute(
+                select(D.c.id).where(
+                    D.c.id.in_(ids), D.c.lease_owner == owner, D.c.status == "pending"
+                )
+            )
+            return {row.id for row in kept}
+
     def release(self, ids: list[int], owner: str) -> None:
         if not ids:
             return

@@ -127,7 +127,7 @@ class Store:
             rows = conn.execute(query).all()
             if rows:
                 params = [
-                    {"k": r.sid, "n": now + timedelta(seconds=interval_s + _jitter(jitter_s))}
+                    {"k": r.sid, "n": _next_due(r.next_poll_at, now, interval_s, jitter_s)}
                     for r in rows
                 ]
                 conn.execute(_reschedule_stmt(), params)
@@ -226,8 +226,12 @@ class Store:
             _write_events(conn, events)
 
 
-def _jitter(jitter_s: float) -> float:
-    return random.uniform(-jitter_s, jitter_s) if jitter_s > 0 else 0.0
+def _next_due(due: datetime, now: datetime, interval_s: float, jitter_s: float) -> datetime:
+    """One interval after the time it was due (not after the tick that took it),
+    so the tick's granularity does not stretch the interval; never in the past."""
+    jitter = random.uniform(-jitter_s, jitter_s) if jitter_s > 0 else 0.0
+    step = timedelta(seconds=interval_s + jitter)
+    return due + step if due + step > now else now + step
 
 
 def _reschedule_stmt() -> Update:

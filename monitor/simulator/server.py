@@ -262,14 +262,18 @@ def _control_route(
     state = sim.state
     route = (method, path)
     if route == ("POST", "/_sim/conferences"):
-        kwargs = {k: data[k] for k in _CREATE_FIELDS if k in data}
+        kwargs = _fields(data, _CREATE_FIELDS)
         kwargs.setdefault("account_sid", sim.account_sid)
+        callback = kwargs.get("status_callback")
+        if callback is not None and not str(callback).startswith(("http://", "https://")):
+            raise ValueError("status_callback must be an http(s) URL")
         return 201, state.create(**kwargs)
     if route == ("POST", "/_sim/faults"):
         kind = data.get("kind")
         if not isinstance(kind, str):
             raise ValueError("fault needs a kind")
-        return 201, {"id": sim.faults.add(kind, **{k: data[k] for k in _FAULT_FIELDS if k in data})}
+        options = _fields({k: v for k, v in data.items() if k != "kind"}, _FAULT_FIELDS)
+        return 201, {"id": sim.faults.add(kind, **options)}
     if route == ("DELETE", "/_sim/faults"):
         return 200, {"cleared": sim.faults.clear()}
     if route == ("GET", "/_sim/stats"):
@@ -280,6 +284,14 @@ def _control_route(
     if m := _CONTROL_CONF_RE.match(path):
         return _conference_route(sim, method, m["sid"], m["rest"] or "", data)
     raise KeyError(f"no control route {method} {path}")
+
+
+def _fields(data: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The given fields, refusing unknown ones so a typo is an error, not a silent default."""
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; expected some of {list(allowed)}")
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def _conference_route(

@@ -320,7 +320,7 @@ class SimulatorState:
             self._advance_locked()
             matches = sorted(
                 (r for r in self._conferences.values() if self._matches(r, account_sid, query)),
-                key=lambda r: r.sid,
+                key=lambda r: r.order_key,
             )
             start, stop = self._window(account_sid, query, [r.order_key for r in matches])
             page = matches[start:stop]

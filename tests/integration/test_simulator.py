@@ -432,6 +432,7 @@ def test_paging_follows_next_page_uri_to_every_conference_once(
         created.append(clocked_ctl.create_conference(friendly_name=f"room-{i}")["sid"])
     pages = [spec.check(LIST, "get", clocked_api.get(list_url(clocked, "?PageSize=3")))]
     while pages[-1]["next_page_uri"]:
+        assert len(pages) < 10, "paging does not end"
         response = clocked_api.get(clocked.url + pages[-1]["next_page_uri"])
         pages.append(spec.check(LIST, "get", response))
     listed = [c["sid"] for page in pages for c in page["conferences"]]
@@ -638,6 +639,9 @@ def test_hidden_conference_is_404_then_found(
         (lambda c: c.script(c.create_conference()["sid"], [{"status": "completed"}]), 400),
         (lambda c: c.add_fault("418"), 400),
         (lambda c: c.add_fault("429", count=0), 400),
+        (lambda c: c.add_fault("429", retry=5), 400),
+        (lambda c: c.create_conference(friendlyname="typo"), 400),
+        (lambda c: c.create_conference(status_callback="ftp://x"), 400),
         (lambda c: c._call("GET", "/_sim/nowhere"), 404),
     ],
 )

@@ -1,0 +1,220 @@
+"""The poller against the simulator on loopback, persisting to a real SQLite file.
+
+Faults are injected by the simulator (429 with and without Retry-After, 500
+bursts, slow answers, 404 for new conferences, rejected credentials, garbage);
+each must end as a recorded observation or a recorded miss, never a crash and
+never a half-written row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from monitor.app import App
+from monitor.config import load_settings
+from monitor.db.engine import upgrade
+from monitor.db.models import Event, Snapshot
+from monitor.service import Poller
+from monitor.simulator.control import SimulatorControl
+from monitor.simulator.server import DEFAULT_AUTH_TOKEN, SimulatorServer
+from monitor.simulator.state import DEFAULT_ACCOUNT_SID
+
+ACCOUNT = DEFAULT_ACCOUNT_SID
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatorServer]:
+    with SimulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def ctl(sim: SimulatorServer) -> Iterator[SimulatorControl]:
+    with SimulatorControl(sim.url) as control:
+        yield control
+
+
+def make_app(tmp_path: Path, sim: SimulatorServer, **env: str) -> App:
+    environ = {
+        "TWILIO_ACCOUNT_SID": ACCOUNT,
+        "TWILIO_AUTH_TOKEN": DEFAULT_AUTH_TOKEN,
+        "CONFERENCE_MONITOR_TWILIO_BASE_URL": sim.url,
+        "CONFERENCE_MONITOR_TWILIO_READ_TIMEOUT": "500ms",
+        "CONFERENCE_MONITOR_DATABASE_URL": f"sqlite:///{tmp_path}/poll.db",
+        "CONFERENCE_MONITOR_POLLING_INTERVAL": "2s",
+        "CONFERENCE_MONITOR_POLLING_JITTER": "0s",
+        "CONFERENCE_MONITOR_POLLING_NOT_FOUND_GRACE": "1s",
+        **env,
+    }
+    app = App.open(load_settings(None, environ))
+    upgrade(app.engine)
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path, sim: SimulatorServer) -> Iterator[App]:
+    application = make_app(tmp_path, sim)
+    yield application
+    application.close()
+
+
+def counts(app: App) -> tuple[int, list[str]]:
+    with app.engine.connect() as conn:
+        snapshots = conn.execute(select(func.count()).select_from(Snapshot)).scalar_one()
+        types = list(conn.scalars(select(Event.type).order_by(Event.occurred_at)))
+    return int(snapshots), types
+
+
+def poll_until(poller: Poller, done: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        poller.poll_due()
+        if done():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.parametrize("retry_after", [1, None])
+def test_429_is_retried_within_the_poll(
+    app: App, ctl: SimulatorControl, retry_after: int | None
+) -> None:
+    sid = ctl.create_conference(status="in-progress")["sid"]
+    ctl.add_fault("429", count=1, **({"retry_after": retry_after} if retry_after else {}))
+    report = app.with_poller().poll_sids([sid], ACCOUNT)
+    assert report.outcomes == {"ok": 1}
+    assert ctl.stats()["faults_served"] == 1
+    assert counts(app) == (1, ["conference.first_seen"])
+
+
+def test_a_burst_of_500s_is_retried(app: App, ctl: SimulatorControl) -> None:
+    sid = ctl.create_conference(status="init")["sid"]
+    ctl.add_fault("500", count=2)
+    report = app.with_poller().poll_sids([sid], ACCOUNT)
+    assert report.outcomes == {"ok": 1}
+    assert ctl.stats()["faults_served"] == 2
+
+
+def test_500s_past_the_budget_are_a_recorded_miss_then_recover(
+    app: App, ctl: SimulatorControl
+) -> None:
+    sid = ctl.create_conference(status="init")["sid"]
+    ctl.add_fault("500")
+    poller = app.with_poller()
+    report = poller.poll_sids([sid], ACCOUNT)
+    assert report.outcomes == {"transient": 1}
+    assert counts(app) == (0, [])
+    (watch,) = app.store.list_watches()
+    assert watch["status"] == "active" and "500" in watch["last_error"]
+    ctl.clear_faults()
+    assert poller.poll_sids([sid], ACCOUNT).outcomes == {"ok": 1}
+    (watch,) = app.store.list_watches()
+    assert watch["last_error"] is None
+
+
+def test_a_slow_answer_past_the_read_timeout_is_a_transient_miss(
+    app: App, ctl: SimulatorControl
+) -> None:
+    sid = ctl.create_conference(status="init")["sid"]
+    ctl.add_fault("delay", delay_s=1.5)
+    report = app.with_poller().poll_sids([sid], ACCOUNT)
+    assert report.outcomes == {"transient": 1}
+    assert "timed out" in report.errors[sid].lower() or "timeout" in report.errors[sid].lower()
+    assert counts(app) == (0, [])
+
+
+def test_garbage_200_is_logged_with_the_sid_and_never_a_snapshot(
+    app: App, ctl: SimulatorControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = ctl.create_conference(status="init")["sid"]
+    ctl.add_fault("garbage")
+    with caplog.at_level(logging.WARNING):
+        report = app.with_poller().poll_sids([sid], ACCOUNT)
+    assert report.outcomes == {"bad_payload": 1}
+    assert any(sid in r.getMessage() for r in caplog.records)
+    assert counts(app) == (0, [])
+
+
+def test_a_new_conference_404_within_grace_is_not_declared_missing(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl
+) -> None:
+    app = make_app(tmp_path, sim, CONFERENCE_MONITOR_POLLING_NOT_FOUND_GRACE="5s")
+    try:
+        sid = ctl.create_conference(status="init", hidden_for_s=1.0)["sid"]
+        poller = app.with_poller()
+        app.store.add_watches([sid], ACCOUNT, None, _now())
+        poll_until(poller, lambda: counts(app)[0] == 1)
+        assert counts(app)[1] == ["conference.first_seen"]
+        assert ctl.stats()["by_kind"]["fetch"] >= 2  # at least one early 404 was retried
+    finally:
+        app.close()
+
+
+def test_a_sid_that_never_appears_ends_with_one_not_found(app: App) -> None:
+    ghost = "CF" + "e" * 32
+    poller = app.with_poller()
+    app.store.add_watches([ghost], ACCOUNT, None, _now())
+    poll_until(poller, lambda: app.store.list_watches()[0]["status"] == "not_found")
+    assert counts(app) == (0, ["watch.not_found"])
+    assert poller.poll_due().claimed == 0  # no longer polled
+
+
+def test_rejected_credentials_give_one_event_and_polling_resumes(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl
+) -> None:
+    sids = [ctl.create_conference(status="init")["sid"] for _ in range(3)]
+    bad = make_app(tmp_path, sim, TWILIO_AUTH_TOKEN="wrong-token")
+    try:
+        report = bad.with_poller().poll_sids(sids, ACCOUNT)
+        assert report.outcomes == {"auth_failed": 3}
+        bad.with_poller().poll_sids(sids, ACCOUNT)
+        assert counts(bad) == (0, ["watch.auth_failed"])
+        assert bad.store.failing_accounts() == {ACCOUNT}
+    finally:
+        bad.close()
+    good = make_app(tmp_path, sim)
+    try:
+        assert good.with_poller().poll_sids(sids, ACCOUNT).outcomes == {"ok": 3}
+        assert good.store.failing_accounts() == set()
+    finally:
+        good.close()
+
+
+def test_many_due_watches_are_observed_by_list(app: App, ctl: SimulatorControl) -> None:
+    sids = [ctl.create_conference(status="in-progress")["sid"] for _ in range(8)]
+    done = ctl.create_conference(status="completed")["sid"]
+    report = app.with_poller().poll_sids([*sids, done], ACCOUNT)
+    assert report.outcomes == {"ok": 9}
+    stats = ctl.stats()["by_kind"]
+    assert stats["list"] == 2 and stats["fetch"] == 1  # the completed one is fetched
+    with app.engine.connect() as conn:
+        via = dict(
+            conn.execute(
+                select(Snapshot.detected_via, func.count()).group_by(Snapshot.detected_via)
+            ).all()
+        )
+    assert via == {"list": 8, "poll": 1}
+
+
+def test_fetch_only_when_lists_are_off(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl
+) -> None:
+    app = make_app(tmp_path, sim, CONFERENCE_MONITOR_POLLING_USE_LIST="false")
+    try:
+        sids = [ctl.create_conference(status="in-progress")["sid"] for _ in range(6)]
+        assert app.with_poller().poll_sids(sids, ACCOUNT).outcomes == {"ok": 6}
+        assert ctl.stats()["by_kind"].get("list", 0) == 0
+    finally:
+        app.close()
+
+
+def _now():  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -2,16 +2,25 @@
 
 The scheduler only ticks; what is due lives in the database, so a restart
 resumes where the last process stopped. The main thread waits for signals:
-SIGTERM/SIGINT stop cleanly (running ticks finish), SIGHUP reloads the config.
+SIGTERM/SIGINT stop cleanly (running ticks finish, within a bounded grace),
+SIGHUP reloads the config.
+
+systemd protocol (monitor/sdnotify.py): READY=1 once the database answers, the
+schema is current and the scheduler runs; STATUS= a one-line summary; WATCHDOG=1
+from a scheduler job, only while the poll loop makes progress; RELOADING=1 (with
+MONOTONIC_USEC) then READY=1 around a reload; STOPPING=1 on shutdown.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,18 +29,103 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
-from monitor.app import App, build_notifiers, effective_notifiers, recipients_for
+from monitor.app import (
+    App,
+    build_notifiers,
+    effective_notifiers,
+    recipients_for,
+    retry_budget_s,
+)
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.db.engine import require_current_schema
+from monitor.domain import Conference
 from monitor.httpapi import HealthServer
+from monitor.metrics import Metrics
+from monitor.notify.base import Notifier
 from monitor.outcomes import PollPolicy
 from monitor.sdnotify import SystemdNotifier
+from monitor.service import ConferenceSource
+from monitor.twilio.errors import TwilioError
 
 log = logging.getLogger("monitor.daemon")
 
 POLL_TICK_S = 0.25  # how often to look for due watches; due times themselves live in the DB
 MAINTENANCE_TICK_S = 15.0
-SHUTDOWN_GRACE_S = 8.0  # under systemd's and the SPEC's 10 s
+SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15s
+# A failing tick (database down) is logged when it starts failing, then at most this often.
+FAILURE_LOG_EVERY_S = 60.0
+# Without a watchdog, /readyz still reports a poll loop silent for this long.
+DEFAULT_STALL_LIMIT_S = 60.0
+
+
+def stall_limit_s(settings: Settings, watchdog_timeout_s: float | None) -> float:
+    """How long the poll loop may go without progress before it counts as hung.
+
+    Progress is marked at every tick's start and end and after every Twilio
+    fetch, so the longest healthy gap is one fetch (connect and read timeouts
+    plus the retry budget) or one database statement. The limit is the watchdog
+    timeout (so a hang is reported within about two timeouts), but never less
+    than one worst-case fetch, so a slow Twilio is not mistaken for a hang.
+    """
+    tw = settings.twilio
+    one_fetch = (
+        tw.connect_timeout_s + tw.read_timeout_s + retry_budget_s(settings.polling.interval_s)
+    )
+    return max(watchdog_timeout_s or DEFAULT_STALL_LIMIT_S, one_fetch)
+
+
+@dataclass
+class _JobHealth:
+    """Failure state of one scheduled job, so an outage logs once, not 4 times a second."""
+
+    failures: int = 0
+    since: float = 0.0
+    last_logged: float = 0.0
+
+
+class _TwilioErrorCounter:
+    """The poller's Twilio source, counting every error Twilio answered with.
+
+    Counted by Twilio error code (20404, 20003, 20429...), else HTTP status; errors
+    without an answer (timeouts, refused connections) are `polls_total{outcome=
+    "transient"}` only. One count per failed fetch or listing, after retries.
+    """
+
+    def __init__(self, source: ConferenceSource, metrics: Metrics) -> None:
+        self._source = source
+        self._metrics = metrics
+
+    def _count(self, exc: TwilioError) -> None:
+        if exc.status_code is not None:
+            self._metrics.count_twilio_error(exc.code or exc.status_code)
+
+    def fetch_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
+        try:
+            return self._source.fetch_conference(sid, account_sid=account_sid)
+        except TwilioError as exc:
+            self._count(exc)
+            raise
+
+    def list_conferences(self, **kwargs: Any) -> Iterator[Conference]:
+        try:
+            yield from self._source.list_conferences(**kwargs)
+        except TwilioError as exc:
+            self._count(exc)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+
+class _SkipMaxInstances(logging.Filter):
+    """APScheduler warns each time a 0.25 s tick finds the previous one still running.
+
+    A long poll tick is normal (a big batch, a slow Twilio); a hung one is what the
+    watchdog and /readyz report. The warning would only flood the journal.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 class Daemon:
@@ -51,29 +145,50 @@ class Daemon:
         )
         self.http: HealthServer | None = None
         self.last_poll_at: datetime | None = None
-        self.db_ok = True
+        # Poll batches and a reload's swap of notifiers and recipients exclude each
+        # other, so no batch routes events with one config and delivers with another.
+        self._config_lock = threading.Lock()
+        self._jobs: dict[str, _JobHealth] = {}
+        self._running = 0  # jobs executing now; shutdown waits for it to reach 0
+        self._idle = threading.Condition()
+        self._progress = time.monotonic()  # last sign of life of the poll loop
+        self._stall_reported = False
+        self.closed = False  # set once _shutdown has taken over closing the app
+        watchdog_s = self.sd.watchdog_interval_s()
+        self.stall_limit_s = stall_limit_s(app.settings, watchdog_s * 2 if watchdog_s else None)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def run(self) -> int:
-        require_current_schema(self.app.engine)
+        self._install_signals()  # first: a SIGTERM during startup still stops cleanly
+        require_current_schema(self.app.engine)  # the database answers, the schema is current
         poller = self.app.with_poller()
+        poller.source = _TwilioErrorCounter(poller.source, self.app.metrics)
+        observe = poller.on_poll
+
+        def on_poll(outcome: str, seconds: float) -> None:
+            self._progress = time.monotonic()
+            if observe is not None:
+                observe(outcome, seconds)
+
+        poller.on_poll = on_poll
         self.app.with_dispatcher()
-        self._start_http()
-        self._install_signals()
-        self._add_jobs(poller.policy.interval_s)
-        self.scheduler.start()
-        watches = sum(self.app.store.watch_counts().values())
-        log.info(
-            "conference-monitor running: %d watches, database %s, notifiers %s",
-            watches,
-            self.app.settings.database.safe_url,
-            ", ".join(n.name for n in effective_notifiers(self.app.settings)),
-            extra={"event": "daemon.started"},
-        )
-        self.sd.ready()
-        self._refresh_status()
+        watches = self.app.store.watch_counts()
         try:
+            self._start_http()
+            self._add_jobs()
+            logging.getLogger("apscheduler.scheduler").addFilter(_SkipMaxInstances())
+            self._progress = time.monotonic()
+            self.scheduler.start()
+            log.info(
+                "conference-monitor running: %d watches, database %s, notifiers %s",
+                sum(watches.values()),
+                self.app.settings.database.safe_url,
+                ", ".join(n.name for n in effective_notifiers(self.app.settings)),
+                extra={"event": "daemon.started"},
+            )
+            self.sd.ready()
+            self._status_quietly()
             self._wait()
         finally:
             self._shutdown()
@@ -82,23 +197,56 @@ class Daemon:
     def _wait(self) -> None:
         while not self.stop_requested.is_set():
             self.stop_requested.wait(0.2)
-            if self.reload_requested.is_set():
+            if self.reload_requested.is_set() and not self.stop_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
 
     def _shutdown(self) -> None:
+        """Finish work in flight within SHUTDOWN_GRACE_S, then exit whatever is left.
+
+        No tick starts once a stop is requested; running ticks and deliveries get
+        the grace period. A delivery still stuck after it (a receiver that hangs
+        longer than its timeout allows) is abandoned: its lease expires and the
+        next start delivers it again, so nothing is lost, and the stop stays
+        within systemd's TimeoutStopSec.
+        """
+        self.stop_requested.set()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
         log.info("stopping: finishing work in flight", extra={"event": "daemon.stopping"})
-        self.sd.stopping()
-        started = time.monotonic()
-        self.scheduler.shutdown(wait=True)
+        self.sd.notify("STOPPING=1", "STATUS=stopping: finishing work in flight")
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        finished = self._wait_idle(deadline)
         if self.app.dispatcher is not None:
-            left = max(0.5, SHUTDOWN_GRACE_S - (time.monotonic() - started))
-            self.app.dispatcher.drain(left)
+            try:
+                finished = self.app.dispatcher.drain(_left(deadline)) and finished
+            except Exception as exc:  # a delivery died (database gone?); its lease expires
+                log.error(
+                    "a delivery failed while stopping: %s",
+                    _short(exc),
+                    extra={"event": "daemon.stop_failed"},
+                )
+                finished = False
         if self.http is not None:
             self.http.stop()
+        self.closed = True
+        if not finished:
+            log.warning(
+                "work still in flight after %.0fs; leaving it to the next start "
+                "(its deliveries are retried when their lease expires)",
+                SHUTDOWN_GRACE_S,
+                extra={"event": "daemon.abandoned"},
+            )
+            log.info("stopped", extra={"event": "daemon.stopped"})
+            self.sd.close()
+            _exit_now(0)  # joining the stuck threads would outlast systemd's patience
         self.app.close()
         self.sd.close()
         log.info("stopped", extra={"event": "daemon.stopped"})
+
+    def _wait_idle(self, deadline: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._running == 0, timeout=_left(deadline))
 
     def request_stop(self, *_args: Any) -> None:
         self.stop_requested.set()
@@ -108,7 +256,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
 
-    def _add_jobs(self, interval_s: float) -> None:
+    def _add_jobs(self) -> None:
         add = self.scheduler.add_job
         add(self._guard(self.poll_tick), "interval", seconds=POLL_TICK_S, id="poll")
         dispatch_s = self.app.settings.dispatch.interval_s
@@ -116,33 +264,67 @@ class Daemon:
         add(self._guard(self._refresh_status), "interval", seconds=MAINTENANCE_TICK_S, id="status")
         watchdog_s = self.sd.watchdog_interval_s()
         if watchdog_s:
-            add(self.sd.watchdog, "interval", seconds=watchdog_s, id="watchdog")
+            add(self.watchdog_tick, "interval", seconds=watchdog_s, id="watchdog")
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
-        """Log a failed tick (e.g. database down) and keep the schedule going."""
+        """Run a tick unless stopping; log failures (database down) once, and recovery."""
+        name = job.__name__
+        health = self._jobs.setdefault(name, _JobHealth())
 
         def run() -> None:
+            if self.stop_requested.is_set():
+                return
+            with self._idle:
+                self._running += 1
             try:
                 job()
-                if not self.db_ok:
-                    log.info("database reachable again", extra={"event": "db.recovered"})
-                self.db_ok = True
             except Exception as exc:
-                if self.db_ok:
-                    log.error(
-                        "%s failed: %s", job.__name__, _short(exc), extra={"event": "tick.failed"}
+                self._failed(name, health, exc)
+            else:
+                if health.failures:
+                    log.info(
+                        "%s works again after %d failures in %.0fs",
+                        name,
+                        health.failures,
+                        time.monotonic() - health.since,
+                        extra={"event": "tick.recovered"},
                     )
-                self.db_ok = False
+                    health.failures = 0
+            finally:
+                if name == "poll_tick":
+                    self._progress = time.monotonic()
+                with self._idle:
+                    self._running -= 1
+                    self._idle.notify_all()
 
-        run.__name__ = job.__name__
+        run.__name__ = name
         return run
+
+    def _failed(self, name: str, health: _JobHealth, exc: Exception) -> None:
+        now = time.monotonic()
+        health.failures += 1
+        if health.failures == 1:
+            health.since = health.last_logged = now
+            log.error("%s failed: %s", name, _short(exc), extra={"event": "tick.failed"})
+        elif now - health.last_logged >= FAILURE_LOG_EVERY_S:
+            health.last_logged = now
+            log.error(
+                "%s still failing (%d times in %.0fs): %s",
+                name,
+                health.failures,
+                now - health.since,
+                _short(exc),
+                extra={"event": "tick.failed"},
+            )
 
     # -- ticks -------------------------------------------------------------------------
 
     def poll_tick(self) -> None:
         poller = self.app.with_poller()
         while not self.stop_requested.is_set():
-            report = poller.poll_due()
+            self._progress = time.monotonic()
+            with self._config_lock:
+                report = poller.poll_due()
             if report.claimed == 0:
                 return
             self.last_poll_at = datetime.now(UTC)
@@ -156,13 +338,46 @@ class Daemon:
         if self.app.dispatcher is not None:
             self.app.dispatcher.tick()
 
+    def watchdog_tick(self) -> None:
+        """WATCHDOG=1, sent by a scheduler job and only while the poll loop progresses.
+
+        Being a job, it stops when the scheduler's loop hangs. Checking the poll
+        loop's progress as well means a poll stuck forever (a database lock with no
+        timeout, a wedged connection) also stops the pings and systemd restarts
+        the daemon; a database that refuses connections is not a hang (ticks
+        fail fast and are logged), so pings go on and /readyz says 503 instead.
+        """
+        if self.stop_requested.is_set():
+            return
+        silent_s = time.monotonic() - self._progress
+        if silent_s <= self.stall_limit_s:
+            if self._stall_reported:
+                self._stall_reported = False
+                log.info("poll loop is moving again", extra={"event": "watchdog.resumed"})
+                # No database query here: this job must never block on what it watches.
+                self.sd.status("poll loop is moving again")
+            self.sd.watchdog()
+        elif not self._stall_reported:
+            self._stall_reported = True
+            log.error(
+                "poll loop has made no progress for %.0fs: withholding watchdog pings",
+                silent_s,
+                extra={"event": "watchdog.stalled"},
+            )
+            self.sd.status(f"poll loop stalled for {silent_s:.0f}s: watchdog pings withheld")
+
     def _refresh_status(self) -> None:
-        counts = self.app.store.watch_counts()
-        backlog, oldest = self.app.outbox.backlog()
+        """Refresh the gauges and STATUS=; when the database fails, say so and raise."""
+        last = self.last_poll_at.strftime("%H:%M:%S") if self.last_poll_at else "never"
+        try:
+            counts = self.app.store.watch_counts()
+            backlog, oldest = self.app.outbox.backlog()
+        except Exception as exc:
+            self.sd.status(f"database unreachable: {_short(exc)[:120]}; last poll {last}")
+            raise
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
         self.app.metrics.set_watches(counts)
         self.app.metrics.set_outbox(backlog, age)
-        last = self.last_poll_at.strftime("%H:%M:%S") if self.last_poll_at else "never"
         self.sd.status(
             f"{counts.get('active', 0)} active watches, last poll {last}, "
             f"{backlog} deliveries pending"
@@ -171,8 +386,11 @@ class Daemon:
     # -- health --------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
-        if not self.scheduler.running:
+        if not self.scheduler.running or self.stop_requested.is_set():
             return False, "scheduler not running"
+        silent_s = time.monotonic() - self._progress
+        if silent_s > self.stall_limit_s:
+            return False, f"poll loop stalled: no progress for {silent_s:.0f}s"
         try:
             with self.app.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -186,51 +404,102 @@ class Daemon:
             self.http = HealthServer(listen, self.app.metrics, self.readiness)
             self.app.metrics.set_refresher(self._refresh_status)
             self.http.start()
-            log.info("health and metrics on http://%s", listen, extra={"event": "http.started"})
+            host, port = self.http.address
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("health and metrics on http://%s", where, extra={"event": "http.started"})
 
     # -- reload --------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-read the config; apply notifiers and polling, or keep the old one on error."""
+        """Re-read the config; apply notifiers, polling and dispatch, or keep the old one."""
         self.sd.reloading()
+        log.info(
+            "reloading %s", self.config_path or "configuration", extra={"event": "config.reloading"}
+        )
         try:
             new = load_settings(self.config_path, self.environ)
-        except ConfigError as exc:
-            for problem in exc.problems:
+            self._apply(new)
+        except (ConfigError, ValueError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            for problem in problems:
                 log.error("reload rejected: %s", problem, extra={"event": "config.invalid"})
-            log.error("keeping the running configuration", extra={"event": "config.kept"})
+            log.error(
+                "keeping the running configuration (%d problems)",
+                len(problems),
+                extra={"event": "config.kept"},
+            )
             self.app.metrics.config_reloaded(False)
             self.sd.ready()
+            self._status_quietly()
             return False
-        self._apply(new)
         self.app.metrics.config_reloaded(True)
         log.info("configuration reloaded", extra={"event": "config.reloaded"})
         self.sd.ready()
+        self._status_quietly()
         return True
 
+    def _status_quietly(self) -> None:
+        try:
+            self._refresh_status()
+        except Exception as exc:
+            log.debug("status refresh failed: %s", _short(exc), extra={"event": "status.failed"})
+
     def _apply(self, new: Settings) -> None:
+        """Swap in `new` whole, or raise ValueError and change nothing.
+
+        Notifiers are built before anything is touched (a bad one rejects the
+        reload); work in flight finishes with the objects it started with.
+        """
         old = self.app.settings
-        if new.database.url != old.database.url or new.http != old.http:
+        kept = {
+            section: getattr(old, section)
+            for section in ("database", "http", "twilio", "logging")
+            if getattr(new, section) != getattr(old, section)
+        }
+        if kept:
             log.warning(
-                "database.url and [http] changes need a restart; kept the running values",
+                "changes to %s need a restart; kept the running values",
+                ", ".join(f"[{s}]" for s in kept),
                 extra={"event": "config.restart_needed"},
             )
-            new = _with(new, database=old.database, http=old.http)
-        self.app.settings = new
+            new = replace(new, **kept)
+        notifiers: dict[str, Notifier] = build_notifiers(new)
+        recipients = recipients_for(new)
         poller = self.app.with_poller()
-        polling = new.polling
-        poller.policy = PollPolicy(polling.interval_s, polling.not_found_grace_s)
-        poller.jitter_s = polling.jitter_s
-        poller.batch_size = polling.batch_size
-        poller.recipients = recipients_for(new)
-        if self.app.dispatcher is not None:
-            self.app.dispatcher.set_notifiers(build_notifiers(new))
+        polling, dispatch = new.polling, new.dispatch
+        with self._config_lock:
+            self.app.settings = new
+            poller.policy = PollPolicy(polling.interval_s, polling.not_found_grace_s)
+            poller.jitter_s = polling.jitter_s
+            poller.batch_size = polling.batch_size
+            poller.use_list = polling.use_list
+            dispatcher = self.app.dispatcher
+            if dispatcher is not None:
+                dispatcher.lease_s = dispatch.lease_s
+                dispatcher.batch_size = dispatch.batch_size
+                dispatcher.give_up_after_s = dispatch.give_up_after_s
+                dispatcher.retry_delays_s = tuple(dispatch.retry_delays_s)
+                dispatcher.set_notifiers(notifiers)
+            poller.recipients = recipients
+        if dispatch.interval_s != old.dispatch.interval_s and self.scheduler.running:
+            self.scheduler.reschedule_job(
+                "dispatch", trigger="interval", seconds=dispatch.interval_s
+            )
+        watchdog_s = self.sd.watchdog_interval_s()
+        self.stall_limit_s = stall_limit_s(new, watchdog_s * 2 if watchdog_s else None)
 
 
-def _with(settings: Settings, **changes: Any) -> Settings:
-    from dataclasses import replace
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
-    return replace(settings, **changes)
+
+def _exit_now(code: int) -> None:
+    """Flush what was logged and printed, then end the process without joining threads."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _short(exc: BaseException) -> str:
@@ -242,4 +511,9 @@ def run_daemon(
     settings: Settings, config_path: str | Path | None, environ: Mapping[str, str]
 ) -> int:
     app = App.open(settings)
-    return Daemon(app, config_path, environ).run()
+    daemon = Daemon(app, config_path, environ)
+    try:
+        return daemon.run()
+    finally:
+        if not daemon.closed:  # failed before the scheduler started (schema behind, ...)
+            app.close()

@@ -26,7 +26,7 @@ log = logging.getLogger("monitor.dispatch")
 RETRY_DELAYS_S: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600)
 MAX_RETRY_AFTER_S = 6 * 3600.0
 # What one attempt may cost beyond the notifier's own timeout: recording its outcome.
-ATTEMPT_MARGIN_S = 5.0
+ATTEMPT_MARGIN_S = 2.0
 DEFAULT_ATTEMPT_S = 10.0  # for notifiers without a `timeout_s` (the log notifier)
 _OWNER_MAX_CHARS = 64  # deliveries.lease_owner
 
@@ -84,6 +84,7 @@ class Dispatcher:
         give_up_after_s: float = 25 * 3600.0,
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
         on_outcome: Callable[[str, str, float], None] | None = None,
+        attempt_margin_s: float = ATTEMPT_MARGIN_S,
     ) -> None:
         if not retry_delays_s:
             raise ValueError("retry_delays_s must not be empty")
@@ -94,6 +95,7 @@ class Dispatcher:
         self.give_up_after_s = give_up_after_s
         self.retry_delays_s = tuple(retry_delays_s)
         self.on_outcome = on_outcome
+        self.attempt_margin_s = attempt_margin_s
         self._notifiers = dict(notifiers)
         self._lock = threading.Lock()
         # One worker at most per notifier name, with the notifier object it is using.
@@ -281,11 +283,11 @@ class Dispatcher:
     def _attempt_budget(self, notifier: Notifier) -> float:
         timeout_s = getattr(notifier, "timeout_s", None)
         base = timeout_s if isinstance(timeout_s, (int, float)) else DEFAULT_ATTEMPT_S
-        return float(base) + ATTEMPT_MARGIN_S
+        return float(base) + self.attempt_margin_s
 
     def _lease_for(self, notifier: Notifier) -> float:
-        """The configured lease, but always long enough for a couple of attempts."""
-        return max(self.lease_s, 2 * self._attempt_budget(notifier))
+        """The configured lease, but never shorter than one attempt and its recording."""
+        return max(self.lease_s, self._attempt_budget(notifier))
 
     def _close_retired(self) -> None:
         """Close replaced notifiers that no worker is using any more."""

@@ -329,7 +329,7 @@ def serve_forever(
     ) as sim:
         log(f"Twilio simulator listening on {sim.url}")
         log(f"  account SID {account_sid}  auth token {auth_token}")
-        log(f"  API base URL {sim.url}/2010-04-01  control {sim.url}/_sim/")
+        log(f"  API base URL {sim.url} (Twilio paths /2010-04-01/...); control {sim.url}/_sim/")
         try:
             while not done.wait(0.5):
                 pass

@@ -1,9 +1,19 @@
 """What can go wrong talking to Twilio, as types that say whether retrying helps.
 
-Every message names the conference SID (or `-`) and the URL, never a credential.
+Also the mapping from an HTTP outcome (status and body, or a requests
+exception) to those types. Every message names the conference SID (or `-`)
+and the URL, never a credential.
 """
 
 from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import requests
+from urllib3.exceptions import NewConnectionError
 
 
 class TwilioError(Exception):
@@ -108,3 +118,93 @@ class BadPayload(TransientError):
 
 class RequestRejected(TwilioError):
     """Any other 4xx (e.g. 400, a bad filter): permanent, retrying cannot help."""
+
+
+def error_for_response(
+    status: int,
+    body: bytes,
+    retry_after: str | None,
+    *,
+    url: str,
+    sid: str | None,
+    redact: str | None = None,
+) -> TwilioError:
+    """The error for a non-2xx response; `redact` is a secret to blank out of Twilio's text."""
+    code, message = _error_body(body)
+    if message and redact and redact in message:
+        message = message.replace(redact, "***")
+    if status == 429:
+        return RateLimited(
+            "rate limited by Twilio",
+            url=url,
+            sid=sid,
+            status_code=status,
+            code=code,
+            twilio_message=message,
+            retry_after_s=parse_retry_after(retry_after),
+        )
+    cls, reason = _classify(status, sid)
+    return cls(reason, url=url, sid=sid, status_code=status, code=code, twilio_message=message)
+
+
+def error_for_transport(
+    exc: requests.RequestException, url: str, sid: str | None
+) -> TransientError:
+    """No usable response; `request_sent` is False only if no connection was made."""
+    name = type(exc).__name__
+    if isinstance(exc, requests.ConnectTimeout) or _never_connected(exc):
+        return TransientError(
+            f"could not connect to Twilio ({name})", url=url, sid=sid, request_sent=False
+        )
+    if isinstance(exc, requests.Timeout):
+        return TransientError(f"no response from Twilio in time ({name})", url=url, sid=sid)
+    return TransientError(f"connection to Twilio broken ({name})", url=url, sid=sid)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def _classify(status: int, sid: str | None) -> tuple[type[TwilioError], str]:
+    if status == 404:
+        return ConferenceNotFound, "conference not found" if sid else "resource not found"
+    if status in (401, 403):
+        return CredentialsRejected, "Twilio rejected the credentials"
+    if status >= 500:
+        return TransientError, "Twilio server error"
+    return RequestRejected, "Twilio rejected the request"
+
+
+def _error_body(body: bytes) -> tuple[int | None, str | None]:
+    """Twilio's `{"code", "message"}`, tolerating any other body."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    code = doc.get("code")
+    message = doc.get("message")
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        message[:300] if isinstance(message, str) else None,
+    )
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """True when the TCP connection was refused or unresolvable: nothing was sent."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)

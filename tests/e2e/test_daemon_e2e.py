@@ -114,8 +114,9 @@ def test_every_transition_exactly_once_across_sigterm_and_restart(tmp_path: Path
         with daemon(config, log_path) as first:
             # Every conference gets its baseline before any of them moves.
             wait_for(
-                lambda: len(json_lines(cli("events", "--json", config=config).stdout))
-                == len(cases),
+                lambda: (
+                    len(json_lines(cli("events", "--json", config=config).stdout)) == len(cases)
+                ),
                 30,
                 "a first_seen event for every conference",
             )

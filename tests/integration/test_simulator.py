@@ -30,9 +30,9 @@ from monitor.simulator import (
     SimulatorControlError,
     SimulatorServer,
 )
+from tests.openapi import OPENAPI_PATH, REPO
 
-REPO = Path(__file__).resolve().parents[2]
-SPEC_PATH = REPO.parent / "shared" / "twilio" / "conference-openapi.json"
+SPEC_PATH = OPENAPI_PATH
 SPEC_URI = "urn:twilio-conference-openapi"
 FETCH = "/2010-04-01/Accounts/{AccountSid}/Conferences/{Sid}.json"
 LIST = "/2010-04-01/Accounts/{AccountSid}/Conferences.json"

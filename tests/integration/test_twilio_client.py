@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +31,7 @@ from monitor.twilio import (
     TransientError,
     TwilioClient,
 )
+from monitor.twilio.errors import parse_retry_after
 
 ACCOUNT = "AC" + "a" * 32
 SUBACCOUNT = "AC" + "b" * 32
@@ -274,6 +276,36 @@ def test_404_is_not_retried(client: TwilioClient, server: ScriptedServer) -> Non
     assert SID in str(error) and f"{server.url}{CONF_PATH}" in str(error)
 
 
+def test_a_404_after_a_5xx_stops_at_once(client: TwilioClient, server: ScriptedServer) -> None:
+    server.script(Reply(503), twilio_error(404, 20404, "not found"), Reply(200, conference_json()))
+    with pytest.raises(ConferenceNotFound) as caught:
+        client.fetch_conference(SID)
+    assert caught.value.attempts == len(server.seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("2", 2.0),
+        ("0.5", 0.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: no wait
+    ],
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header) == expected
+
+
+def test_parse_retry_after_future_date() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+    seconds = parse_retry_after(when)
+    assert seconds is not None and 100 < seconds <= 120
+
+
 def test_401_is_not_retried_and_hides_the_password(
     client: TwilioClient, server: ScriptedServer
 ) -> None:
@@ -481,3 +513,16 @@ def _basic(seen: Seen) -> str:
     scheme, _, encoded = seen.headers["Authorization"].partition(" ")
     assert scheme == "Basic"
     return base64.b64decode(encoded).decode()
+
+
+def test_proxy_variables_are_honoured(
+    make_client: Callable[..., TwilioClient],
+    server: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    client = make_client(base_url="http://api.example.invalid")
+    client.fetch_conference(SID)
+    assert server.seen[0].path == f"http://api.example.invalid{CONF_PATH}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,8 @@ from monitor.twilio import (
     parse_conference,
     parse_conference_page,
 )
+from tests.openapi import OPENAPI_PATH
 
-OPENAPI = Path("/work/shared/twilio/conference-openapi.json")
 FETCH_PATH = "/2010-04-01/Accounts/{AccountSid}/Conferences/{Sid}.json"
 LIST_PATH = "/2010-04-01/Accounts/{AccountSid}/Conferences.json"
 FIELDS = (
@@ -45,7 +44,7 @@ def _response_examples(doc: dict[str, Any], path: str, method: str) -> dict[str,
 
 
 def _collect() -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any]]]]:
-    doc = json.loads(OPENAPI.read_text())
+    doc = json.loads(OPENAPI_PATH.read_text())
     singles = [
         (f"{method}:{name}", value)
         for method in ("get", "post")

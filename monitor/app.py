@@ -20,6 +20,7 @@ from monitor.notify.filters import recipients
 from monitor.notify.log import LogNotifier
 from monitor.notify.webhook import WebhookNotifier
 from monitor.outcomes import PollPolicy, Recipients
+from monitor.ratelimit import RateLimiter
 from monitor.service import Poller
 from monitor.twilio.client import TwilioClient
 
@@ -126,6 +127,7 @@ class App:
                 jitter_s=polling.jitter_s,
                 batch_size=polling.batch_size,
                 use_list=polling.use_list,
+                limiter=RateLimiter(self.settings.twilio.max_requests_per_second),
                 on_poll=self.metrics.observe_poll,
             )
         return self.poller

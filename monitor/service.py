@@ -18,6 +18,7 @@ from monitor import outcomes
 from monitor.db.store import BatchResult, Miss, Observation, Store, WatchState
 from monitor.domain import Conference, EventType
 from monitor.events import NewEvent
+from monitor.ratelimit import RateLimiter
 from monitor.twilio.errors import (
     BadPayload,
     ConferenceNotFound,
@@ -76,6 +77,7 @@ class Poller:
         jitter_s: float = 0.0,
         batch_size: int = 500,
         use_list: bool = True,
+        limiter: RateLimiter | None = None,
         on_poll: Callable[[str, float], None] | None = None,
     ) -> None:
         self.store = store
@@ -85,6 +87,7 @@ class Poller:
         self.jitter_s = jitter_s
         self.batch_size = batch_size
         self.use_list = use_list
+        self.limiter = limiter or RateLimiter(0)
         self.on_poll = on_poll
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="poll")
 
@@ -131,6 +134,16 @@ class Poller:
         self._after_record(report, observations, ok_accounts)
         return report
 
+    def discover(self, account_sid: str) -> list[str]:
+        """Watch every active conference of the account not yet watched (`polling.discover`)."""
+        active = self._list_active(account_sid)
+        if not active:
+            return []
+        added = self.store.add_watches(sorted(active), account_sid, "discovered", utcnow())
+        for sid in added:
+            log.info("discovered %s", sid, extra={"event": "watch.discovered", "sid": sid})
+        return added
+
     def _observe_by_list(
         self, watches: list[WatchState]
     ) -> tuple[list[tuple[WatchState, Conference]], list[WatchState]]:
@@ -162,6 +175,7 @@ class Poller:
         seen: dict[str, Conference] = {}
         try:
             for status in ACTIVE_STATUSES:  # later status wins if one moved between calls
+                self.limiter.acquire()
                 for conference in self.source.list_conferences(status=status, account_sid=account):
                     seen[conference.sid] = conference
         except Exception as exc:
@@ -175,6 +189,7 @@ class Poller:
         return seen
 
     def _fetch(self, watch: WatchState) -> tuple[WatchState, FetchResult]:
+        self.limiter.acquire()
         started = utcnow()
         try:
             result: FetchResult = self.source.fetch_conference(

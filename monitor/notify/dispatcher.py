@@ -217,7 +217,7 @@ class Dispatcher:
             if not self._current(name, notifier):
                 self.outbox.release(rest, self.owner)
                 return False
-            if time.monotonic() + budget_s > lease_end:
+            if False:
                 # A long batch: renew the lease before it can lapse under an attempt.
                 lease_s = self._lease_for(notifier)
                 lease_end = time.monotonic() + lease_s

@@ -218,3 +218,14 @@ def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+def test_discover_watches_active_conferences_once(app: App, ctl: SimulatorControl) -> None:
+    active = [
+        ctl.create_conference(status=s)["sid"] for s in ("init", "in-progress", "in-progress")
+    ]
+    ctl.create_conference(status="completed")
+    poller = app.with_poller()
+    assert sorted(poller.discover(ACCOUNT)) == sorted(active)
+    assert poller.discover(ACCOUNT) == []
+    assert {w["label"] for w in app.store.list_watches()} == {"discovered"}

@@ -459,11 +459,27 @@ def _secret_text(s: SectionValues, key: str, environ: Mapping[str, str]) -> str 
         if source is None:
             s.problem(key, "must not be empty")
         return None if source is None else str(source.reveal())
+    if _looks_like_a_secret(source):
+        s.problem(
+            key,
+            "names where the secret is kept; the value given looks like a secret itself "
+            "(not shown): use `secret = ...` for an inline value",
+        )
+        return None
     if key == "secret_env":
         if not environ.get(source):
             s.problem(key, f"environment variable {source!r} is not set")
         return environ.get(source) or None
     return _read_credential(s, source, environ)
+
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,127}$")
+
+
+def _looks_like_a_secret(name: str) -> bool:
+    """A variable or credential name never starts with whsec_ nor holds odd characters;
+    refusing to echo such a value keeps a secret pasted into the wrong key out of logs."""
+    return name.startswith("whsec_") or not _NAME_RE.match(name or "_")
 
 
 def _read_credential(s: SectionValues, name: str, environ: Mapping[str, str]) -> str | None:

@@ -49,6 +49,7 @@ from monitor.twilio.errors import TwilioError
 
 log = logging.getLogger("monitor.daemon")
 
+DISCOVER_MIN_S = 5.0  # two list calls per run; no need to discover faster than this
 POLL_TICK_S = 0.25  # how often to look for due watches; due times themselves live in the DB
 MAINTENANCE_TICK_S = 15.0
 SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15s
@@ -202,13 +203,15 @@ class Daemon:
                 self.reload()
 
     def _shutdown(self) -> None:
-        """Finish work in flight within SHUTDOWN_GRACE_S, then exit whatever is left.
+        """Finish work in flight within SHUTDOWN_GRACE_S, then leave what is stuck.
 
         No tick starts once a stop is requested; running ticks and deliveries get
-        the grace period. A delivery still stuck after it (a receiver that hangs
-        longer than its timeout allows) is abandoned: its lease expires and the
-        next start delivers it again, so nothing is lost, and the stop stays
-        within systemd's TimeoutStopSec.
+        the grace period. A delivery still stuck after it (a receiver slower than
+        the grace) is abandoned: the dispatcher's workers are daemon threads, its
+        lease lapses and the next start delivers it again, so nothing is lost. A
+        tick still stuck (a database statement that never returns) runs on a pool
+        thread the interpreter would wait for at exit, so the process ends itself
+        with os._exit; either way the stop stays within the SPEC's 10 s.
         """
         self.stop_requested.set()
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
@@ -216,30 +219,38 @@ class Daemon:
         self.sd.notify("STOPPING=1", "STATUS=stopping: finishing work in flight")
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        finished = self._wait_idle(deadline)
+        ticks_done = self._wait_idle(deadline)
+        delivered = True
         if self.app.dispatcher is not None:
             try:
-                finished = self.app.dispatcher.drain(_left(deadline)) and finished
-            except Exception as exc:  # a delivery died (database gone?); its lease expires
+                delivered = self.app.dispatcher.drain(_left(deadline))
+            except Exception as exc:  # the dispatcher should not raise; never fail a stop on it
                 log.error(
-                    "a delivery failed while stopping: %s",
+                    "draining deliveries failed: %s",
                     _short(exc),
                     extra={"event": "daemon.stop_failed"},
                 )
-                finished = False
+                delivered = False
         if self.http is not None:
             self.http.stop()
         self.closed = True
-        if not finished:
+        if not delivered:
             log.warning(
-                "work still in flight after %.0fs; leaving it to the next start "
-                "(its deliveries are retried when their lease expires)",
+                "a delivery is still in flight after %.0fs: left to the next start "
+                "(retried once its lease lapses)",
+                SHUTDOWN_GRACE_S,
+                extra={"event": "daemon.abandoned"},
+            )
+        if not ticks_done:
+            log.warning(
+                "a tick is still running after %.0fs: exiting without it "
+                "(its transaction is rolled back; the next start polls again)",
                 SHUTDOWN_GRACE_S,
                 extra={"event": "daemon.abandoned"},
             )
             log.info("stopped", extra={"event": "daemon.stopped"})
             self.sd.close()
-            _exit_now(0)  # joining the stuck threads would outlast systemd's patience
+            _exit_now(0)  # joining the stuck pool thread would outlast the stop timeout
         self.app.close()
         self.sd.close()
         log.info("stopped", extra={"event": "daemon.stopped"})
@@ -265,6 +276,17 @@ class Daemon:
         watchdog_s = self.sd.watchdog_interval_s()
         if watchdog_s:
             add(self.watchdog_tick, "interval", seconds=watchdog_s, id="watchdog")
+        polling = self.app.settings.polling
+        if polling.discover:
+            every = max(polling.interval_s, DISCOVER_MIN_S)
+            first = datetime.now(UTC)
+            add(
+                self._guard(self.discover_tick),
+                "interval",
+                seconds=every,
+                id="discover",
+                next_run_time=first,
+            )
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         """Run a tick unless stopping; log failures (database down) once, and recovery."""
@@ -333,6 +355,12 @@ class Daemon:
                 self.app.metrics.count_transition(event.type)
             if report.claimed < poller.batch_size:
                 return
+
+    def discover_tick(self) -> None:
+        """`polling.discover`: watch every active conference of the configured account."""
+        account = self.app.settings.twilio.account_sid
+        if account:
+            self.app.with_poller().discover(account)
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:

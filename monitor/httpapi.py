@@ -119,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             status, content_type, body = self.server.api.route(urlsplit(self.path).path)
         except Exception:
-            logger.exception("event=http.handler_failed path=%s", self.path)
+            logger.exception("serving %s failed", self.path, extra={"event": "http.handler_failed"})
             status, content_type, body = HTTPStatus.INTERNAL_SERVER_ERROR, TEXT, b"error\n"
         self._send(status, content_type, body, send_body)
 
@@ -137,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        logger.debug("event=http.request client=%s " + format, self.client_address[0], *args)
+        logger.debug("%s " + format, self.client_address[0], *args, extra={"event": "http.request"})
 
 
 class HealthServer:
@@ -179,7 +179,7 @@ class HealthServer:
             daemon=True,
         )
         self._thread.start()
-        logger.info("event=http.listening address=%s:%d", *self.address)
+        logger.debug("listening on %s:%d", *self.address, extra={"event": "http.listening"})
 
     def stop(self) -> None:
         """Stop accepting, close the socket and wait for the serving loop to end."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,3 +57,20 @@ def configure(fmt: str = "plain", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Python warnings and a thread's uncaught exception would otherwise reach stderr
+    # as bare text, breaking one-JSON-object-a-line for whoever parses the journal.
+    logging.captureWarnings(True)
+    if threading.excepthook is threading.__excepthook__:  # leave a test runner's hook be
+        threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("monitor").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=args.exc_value,
+        extra={"event": "thread.crashed"},
+    )

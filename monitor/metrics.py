@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import (
@@ -42,6 +43,20 @@ _DELIVERY_ALIASES = {"pending": "retry"}
 POLL_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _ProcessCollector(ProcessCollector):
+    """The stock process collector, working under systemd's ProcSubset=pid too.
+
+    It reads the boot time from /proc/stat, which ProcSubset=pid hides; without it
+    the stock collector silently exports nothing. CLOCK_BOOTTIME gives the same.
+    """
+
+    def _boot_time(self) -> float:
+        try:
+            return float(super()._boot_time())
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
 def _known(value: str, allowed: tuple[str, ...], what: str) -> bool:
     """Whether a label value is one of the documented ones.
 
@@ -50,7 +65,13 @@ def _known(value: str, allowed: tuple[str, ...], what: str) -> bool:
     """
     if value in allowed:
         return True
-    logger.warning("event=metrics.unknown_label %s=%r expected=%s", what, value, "|".join(allowed))
+    logger.warning(
+        "event=metrics.unknown_label %s=%r expected=%s",
+        what,
+        value,
+        "|".join(allowed),
+        extra={"event": "metrics.unknown_label"},
+    )
     return False
 
 
@@ -66,7 +87,7 @@ class Metrics:
         self._define_flow_metrics()
         self._define_config_metrics()
         if process_metrics:  # the stock collectors live on the global registry; own copies
-            ProcessCollector(registry=self.registry)
+            _ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
 
@@ -183,7 +204,13 @@ class Metrics:
             if self._refresher is not None:
                 try:
                     self._refresher()
-                except Exception:
+                except Exception as exc:
                     # Stale gauges beat a failed scrape: the counters still matter.
-                    logger.warning("event=metrics.refresh_failed", exc_info=True)
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    logger.warning(
+                        "gauges not refreshed, serving the last values: %s",
+                        first[:300],
+                        extra={"event": "metrics.refresh_failed"},
+                    )
+                    logger.debug("metrics refresh traceback", exc_info=True)
             return generate_latest(self.registry)

@@ -40,7 +40,7 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
     try:
         usec = int(raw)
     except ValueError:
-        logger.debug("event=sdnotify.bad_watchdog_usec value=%r", raw)
+        logger.debug("WATCHDOG_USEC=%r is not a number", raw, extra={"event": "sdnotify.bad_env"})
         return None
     return usec if usec > 0 else None
 
@@ -60,7 +60,9 @@ class SystemdNotifier:
         raw = environ.get("NOTIFY_SOCKET", "")
         address = _socket_address(raw) if raw else None
         if raw and address is None:
-            logger.debug("event=sdnotify.unsupported_socket value=%r", raw)
+            logger.debug(
+                "NOTIFY_SOCKET=%r is not supported", raw, extra={"event": "sdnotify.bad_env"}
+            )
         return cls(address, _watchdog_usec(environ))
 
     @property
@@ -81,7 +83,7 @@ class SystemdNotifier:
                     self._sock.settimeout(SEND_TIMEOUT_S)
                 self._sock.sendto(payload, self._address)
             except OSError as exc:
-                logger.debug("event=sdnotify.failed error=%s", exc)
+                logger.debug("sd_notify failed: %s", exc, extra={"event": "sdnotify.failed"})
                 return False
         return True
 

@@ -108,7 +108,10 @@ class Outbox:
             "last_status_code": outcome.status_code,
         }
         if outcome.status == "delivered":
-            values["delivered_at"] = outcome.attempted_at
+            # The attempt began at `attempted_at`; the receiver had it once it answered.
+            values["delivered_at"] = outcome.attempted_at + timedelta(
+                milliseconds=outcome.duration_ms
+            )
         if outcome.next_attempt_at is not None:
             values["next_attempt_at"] = outcome.next_attempt_at
         with self.engine.begin() as conn:

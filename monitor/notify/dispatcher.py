@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from monitor.db.outbox import AttemptOutcome, Claimed, Outbox
@@ -217,7 +218,7 @@ class Dispatcher:
             if not self._current(name, notifier):
                 self.outbox.release(rest, self.owner)
                 return False
-            if False:
+            if time.monotonic() + budget_s > lease_end:
                 # A long batch: renew the lease before it can lapse under an attempt.
                 lease_s = self._lease_for(notifier)
                 lease_end = time.monotonic() + lease_s
@@ -231,7 +232,7 @@ class Dispatcher:
 
     def _deliver_one(self, notifier: Notifier, row: Claimed) -> bool:
         """One attempt, recorded; False if the receiver is failing (try the rest later)."""
-        started = time.monotonic()
+        attempted_at, started = utcnow(), time.monotonic()
         extra = {"event_id": row.event_id, "notifier": row.notifier, "sid": row.conference_sid}
         try:
             code = notifier.send(Message(row.event_id, row.event_type, row.body))
@@ -243,11 +244,13 @@ class Dispatcher:
         now = utcnow()
         duration_ms = (time.monotonic() - started) * 1000
         if error is None:
-            outcome = AttemptOutcome("delivered", now, duration_ms, code)
+            outcome = AttemptOutcome("delivered", attempted_at, duration_ms, code)
         else:
             outcome = next_outcome(
                 row, error, now, duration_ms, self.retry_delays_s, self.give_up_after_s
             )
+            # The log says when the attempt began; the retry counts from when it ended.
+            outcome = replace(outcome, attempted_at=attempted_at)
         if not self.outbox.finish(row.id, self.owner, outcome):
             log.warning("lease on delivery %s lost; outcome not recorded", row.id, extra=extra)
         self._report(row, outcome, error, extra)
@@ -329,12 +332,13 @@ class Dispatcher:
             )
 
     def _disable(self, name: str, error: DeliveryError, now: datetime) -> None:
-        reason = f"receiver answered 410 Gone: {error.message}"
+        reason = error.message  # "POST <url>: HTTP 410 Gone: disabling this notifier..."
         self.outbox.disable_notifier(name, reason, now)
         with self._lock:
             self._reported_disabled.add(name)
         log.error(
-            "notifier %s disabled: %s; `conference-monitor deliveries retry ID` re-enables it",
+            "notifier %s disabled, its deliveries wait: %s; "
+            "`conference-monitor deliveries retry ID` re-enables it",
             name,
             reason,
             extra={"event": "notifier.disabled", "notifier": name},

@@ -183,3 +183,27 @@ def check_webhooks(events: list[dict[str, Any]], bodies: list[dict[str, Any]]) -
     notified = Counter(e["id"] for e in events if e["type"] != "conference.first_seen")
     received = Counter(b["data"]["event_id"] for b in bodies)
     assert set(received) == set(notified)
+
+
+def test_discovery_watches_active_conferences_and_follows_them(tmp_path: Path) -> None:
+    with SimulatorServer() as sim, SimulatorControl(sim.url) as ctl:
+        config = write_config(
+            tmp_path,
+            sim_url=sim.url,
+            db_url=f"sqlite:///{tmp_path}/d.db",
+            extra="",
+        )
+        text = config.read_text().replace('jitter = "50ms"', 'jitter = "50ms"\ndiscover = true')
+        config.write_text(text)
+        assert cli("db", "upgrade", config=config).returncode == 0
+        live = ctl.create_conference(friendly_name="found", status="in-progress")["sid"]
+        with daemon(config, tmp_path / "d.log") as running:
+
+            def watched() -> list[dict[str, Any]]:
+                return json_lines(cli("watch", "list", "--json", config=config).stdout)
+
+            wait_for(lambda: [w["sid"] for w in watched()] == [live], 20, "discovery")
+            ctl.set_status(live, "completed", reason="last-participant-left")
+            wait_for(lambda: watched()[0]["status"] == "completed", 20, "the end of it")
+            assert running.stop() == 0
+        assert watched()[0]["label"] == "discovered"

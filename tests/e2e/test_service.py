@@ -8,19 +8,19 @@ server plays webhook receivers, and the databases are real.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -82,9 +82,7 @@ class NotifySocket:
             return list(self.received)
 
     def with_key(self, key: str, value: str | None = None) -> list[Datagram]:
-        return [
-            m for m in self.messages() if key in m.fields and value in (None, m.fields[key])
-        ]
+        return [m for m in self.messages() if key in m.fields and value in (None, m.fields[key])]
 
     def count(self, key: str, value: str | None = None) -> int:
         return len(self.with_key(key, value))
@@ -169,9 +167,7 @@ def metric(port: int, name: str, **labels: str) -> float:
     return scrape(port).get((name, frozenset(labels.items())), 0.0)
 
 
-def wait_metric(
-    port: int, name: str, above: float, timeout: float = 20, **labels: str
-) -> float:
+def wait_metric(port: int, name: str, above: float, timeout: float = 20, **labels: str) -> float:
     seen: list[float] = []
 
     def moved() -> bool:
@@ -182,6 +178,14 @@ def wait_metric(
     return seen[-1]
 
 
+def stall_status(sd: NotifySocket) -> int | None:
+    """Index of the STATUS= announcing a stalled poll loop, if sent yet."""
+    for i, m in enumerate(sd.messages()):
+        if m.fields.get("STATUS", "").startswith("poll loop stalled"):
+            return i
+    return None
+
+
 def events_of(d: Daemon, event: str) -> list[dict[str, Any]]:
     return [line for line in d.log_lines() if line.get("event") == event]
 
@@ -190,15 +194,30 @@ def wait_logged(d: Daemon, event: str, timeout: float = 20, n: int = 1) -> None:
     wait_for(lambda: len(events_of(d, event)) >= n, timeout, f"log event {event}")
 
 
+CONFERENCE_SID = re.compile(r"\bCF[0-9a-fA-F]{32}\b")
+
+
+def check_log_shape(log_path: Path) -> list[dict[str, Any]]:
+    """`--log-format json`: every line one JSON object; conference lines carry their SID,
+    delivery lines their event id and notifier."""
+    lines = [json.loads(raw) for raw in log_path.read_text().splitlines() if raw.strip()]
+    for line in lines:
+        assert {"ts", "level", "logger", "msg"} <= line.keys(), line
+        sids = set(CONFERENCE_SID.findall(line["msg"]))
+        if sids:
+            assert line.get("sid") in sids, line
+        if str(line.get("event", "")).startswith("delivery."):
+            assert line.get("event_id") and line.get("notifier"), line
+    return lines
+
+
 @pytest.fixture
 def sim() -> Iterator[tuple[SimulatorServer, SimulatorControl]]:
     with SimulatorServer() as server, SimulatorControl(server.url) as ctl:
         yield server, ctl
 
 
-def prepare(
-    tmp_path: Path, sim_url: str, db_url: str, *sids: str, **config: Any
-) -> Path:
+def prepare(tmp_path: Path, sim_url: str, db_url: str, *sids: str, **config: Any) -> Path:
     path = write_config(tmp_path, sim_url=sim_url, db_url=db_url, **config)
     upgraded = cli("db", "upgrade", config=path)
     assert upgraded.returncode == 0, upgraded.stderr
@@ -237,7 +256,9 @@ def test_ready_status_watchdog_reload_and_stopping(
             # Half of WATCHDOG_USEC apart: ten pings in three seconds; ask for half.
             window = 3.0
             wait_for(lambda: time.monotonic() > ready_at + window, 10, "the ping window")
-            pings = [m for m in sd.with_key("WATCHDOG", "1") if ready_at <= m.at <= ready_at + window]
+            pings = [
+                m for m in sd.with_key("WATCHDOG", "1") if ready_at <= m.at <= ready_at + window
+            ]
             assert len(pings) >= int(window / (WATCHDOG_USEC / 2e6)) // 2, len(pings)
 
             port = http_port(d)
@@ -278,26 +299,23 @@ def test_schema_behind_exits_1_naming_db_upgrade_and_never_ready(
         assert sd.count("READY") == 0 and sd.count("WATCHDOG") == 0, sd.messages()
     # The same socket and environment do get READY=1 once the schema is current.
     assert cli("db", "upgrade", config=config).returncode == 0
-    with notify_socket("path") as sd, daemon(
-        config, tmp_path / "log2", env={"NOTIFY_SOCKET": sd.env_value}
-    ) as d:
+    with (
+        notify_socket("path") as sd,
+        daemon(config, tmp_path / "log2", env={"NOTIFY_SOCKET": sd.env_value}) as d,
+    ):
         sd.wait_count("READY", "1", 1)
         assert d.stop(signal.SIGINT) == 0
 
 
 # -- reload --------------------------------------------------------------------------------
 
-BROKEN = """
-[twilio]
-concurrency = "many"
 
-[polling]
-interval = "soon"
-
-[[notifiers]]
-name = "pigeon"
-type = "carrier-pigeon"
-"""
+def broken(good: str) -> str:
+    """Three mistakes in one file: a bad duration, a wrong type, an unknown notifier type."""
+    text_ = good.replace('interval = "300ms"', 'interval = "soon"')
+    text_ = text_.replace('read_timeout = "2s"', "read_timeout = true")
+    assert text_.count("soon") == 1 and "true" in text_
+    return text_ + '\n[[notifiers]]\nname = "pigeon"\ntype = "carrier-pigeon"\n'
 
 
 def test_sighup_keeps_old_config_when_broken_and_applies_a_new_notifier(
@@ -308,15 +326,17 @@ def test_sighup_keeps_old_config_when_broken_and_applies_a_new_notifier(
     db = f"sqlite:///{tmp_path}/m.db"
     config = prepare(tmp_path, server.url, db, sid, extra=HTTP)
     good = config.read_text()
-    with notify_socket() as sd, receiver() as hook, daemon(
-        config, tmp_path / "log", env={"NOTIFY_SOCKET": sd.env_value}
-    ) as d:
+    with (
+        notify_socket() as sd,
+        receiver() as hook,
+        daemon(config, tmp_path / "log", env={"NOTIFY_SOCKET": sd.env_value}) as d,
+    ):
         sd.wait_count("READY", "1", 1)
         port = http_port(d)
         wait_metric(port, "conference_monitor_transitions_total", 0, type="conference.first_seen")
 
         # A broken file: every problem logged, the old configuration kept and polling on.
-        config.write_text(good + BROKEN)
+        config.write_text(broken(good))
         with pytest.raises(ConfigError) as rejected:
             load_settings(config, {})
         problems = rejected.value.problems
@@ -333,9 +353,7 @@ def test_sighup_keeps_old_config_when_broken_and_applies_a_new_notifier(
         wait_metric(port, "conference_monitor_polls_total", polls, outcome="ok")
 
         # A new webhook notifier: the next event reaches it.
-        write_config(
-            tmp_path, sim_url=server.url, db_url=db, hook_url=hook.url, extra=HTTP
-        )
+        write_config(tmp_path, sim_url=server.url, db_url=db, hook_url=hook.url, extra=HTTP)
         d.process.send_signal(signal.SIGHUP)
         sd.wait_count("READY", "1", 3)
         assert events_of(d, "config.reloaded")
@@ -375,15 +393,15 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
     name = pg_url.rsplit("/", 1)[1]
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
     env = {
-        "NOTIFY_SOCKET": "",
-        "WATCHDOG_USEC": "1000000",
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
         # The hang limit is the longest a healthy fetch can take; keep it short here.
         "CONFERENCE_MONITOR_TWILIO_CONNECT_TIMEOUT": "500ms",
     }
     try:
-        with notify_socket() as sd, daemon(
-            config, tmp_path / "log", env={**env, "NOTIFY_SOCKET": sd.env_value}
-        ) as d:
+        with (
+            notify_socket() as sd,
+            daemon(config, tmp_path / "log", env={**env, "NOTIFY_SOCKET": sd.env_value}) as d,
+        ):
             sd.wait_count("READY", "1", 1)
             port = http_port(d)
             assert get(port, "/healthz") == (200, "ok\n")
@@ -399,9 +417,9 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
             wait_metric(
                 port, "conference_monitor_deliveries_total", 0, notifier="log", outcome="delivered"
             )
-            assert metric(
-                port, "conference_monitor_transitions_total", type="conference.started"
-            ) == 1
+            assert (
+                metric(port, "conference_monitor_transitions_total", type="conference.started") == 1
+            )
             assert metric(port, "conference_monitor_watches", status="active") >= 1
             assert metric(port, "conference_monitor_poll_duration_seconds_count") >= ok
 
@@ -409,7 +427,9 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
             with admin.connect() as conn:
                 conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
                 conn.execute(
-                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                    ),
                     {"n": name},
                 )
             wait_for(lambda: get(port, "/readyz")[0] == 503, 20, "/readyz 503")
@@ -438,16 +458,14 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
             locker = create_engine(pg_url)
             with locker.connect() as conn:
                 conn.execute(text("LOCK TABLE watches IN ACCESS EXCLUSIVE MODE"))
-                wait_logged(d, "watchdog.stalled")
-                stalled = sd.index_of("STATUS", None, len(sd.messages()) - 1)
+                wait_for(lambda: stall_status(sd) is not None, 30, "STATUS= saying stalled")
+                stalled = stall_status(sd)
+                assert stalled is not None
                 code, detail = get(port, "/readyz")
                 assert code == 503 and detail.startswith("poll loop stalled"), detail
-                held_from = len(sd.messages())
-                sd.wait_count("STATUS", None, sd.count("STATUS") + 0)  # nothing new expected
-                wait_for(lambda: time.monotonic() > sd.messages()[-1].at + 1.5, 10, "a quiet spell")
-                during = sd.messages()[stalled:]
-                assert held_from > stalled
-                assert [m for m in during if "WATCHDOG" in m.fields] == []
+                hold_until = time.monotonic() + 6 * WATCHDOG_USEC / 1e6  # a dozen ping slots
+                wait_for(lambda: time.monotonic() > hold_until, 10, "the lock held a while")
+                assert [m for m in sd.messages()[stalled:] if "WATCHDOG" in m.fields] == []
                 conn.rollback()
             locker.dispose()
             wait_logged(d, "watchdog.resumed")
@@ -460,12 +478,19 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
 
+    lines = check_log_shape(tmp_path / "log")
+    assert {"tick.failed", "tick.recovered", "watch.not_found"} <= {
+        line.get("event") for line in lines
+    }
+
     # Nothing half-written: every transition once, each with its snapshot and delivery.
     check = create_engine(pg_url)
     with check.connect() as conn:
         events = conn.execute(
-            text("SELECT type, snapshot_id, id FROM events WHERE conference_sid = :s"
-                 " ORDER BY occurred_at"),
+            text(
+                "SELECT type, snapshot_id, id FROM events WHERE conference_sid = :s"
+                " ORDER BY occurred_at"
+            ),
             {"s": sid},
         ).all()
         assert [e.type for e in events] == [
@@ -473,9 +498,14 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
             "conference.started",
             "conference.ended",
         ]
-        statuses = conn.execute(
-            text("SELECT status FROM snapshots WHERE conference_sid = :s ORDER BY id"), {"s": sid}
-        ).scalars().all()
+        statuses = (
+            conn.execute(
+                text("SELECT status FROM snapshots WHERE conference_sid = :s ORDER BY id"),
+                {"s": sid},
+            )
+            .scalars()
+            .all()
+        )
         assert statuses == ["init", "in-progress", "completed"]
         orphans = conn.execute(
             text(
@@ -527,62 +557,81 @@ def slow_hook(url: str) -> str:
 name = "slow"
 type = "webhook"
 url = "{url}"
-secret = "whsec_{'QUJD' * 8}"
+secret = "whsec_{"QUJD" * 8}"
 timeout = "60s"
 """
 
 
-def test_sigterm_and_sigint_stop_within_10s_while_a_receiver_hangs(
-    tmp_path: Path, sim: tuple[SimulatorServer, SimulatorControl]
+@pytest.mark.postgres
+def test_sigterm_and_sigint_stop_within_10s_while_work_hangs(
+    tmp_path: Path, sim: tuple[SimulatorServer, SimulatorControl], pg_url: str
 ) -> None:
+    """Both daemons are stuck in a delivery to a receiver that never answers; the
+    SIGINT one (on PostgreSQL) also has a poll tick waiting forever on a table lock."""
     server, ctl = sim
-    with hanging_receiver() as (url, got, _release):
-        runs: list[tuple[int, Path, str]] = []
+    with hanging_receiver() as (url, got, _release), ExitStack() as stack:
+        runs: list[tuple[signal.Signals, Path, str]] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             folder = tmp_path / sig.name
             folder.mkdir()
             sid = ctl.create_conference(friendly_name=sig.name, status="init")["sid"]
-            config = prepare(
-                folder, server.url, f"sqlite:///{folder}/m.db", sid, extra=slow_hook(url)
-            )
+            db = f"sqlite:///{folder}/m.db" if sig == signal.SIGTERM else pg_url
+            config = prepare(folder, server.url, db, sid, extra=HTTP + slow_hook(url))
             runs.append((sig, config, sid))
-        with contextlib_multi(
-            [daemon(config, config.parent / "log") for _, config, _ in runs]
-        ) as daemons:
-            wait_for(
-                lambda: all(
-                    json_lines(cli("events", "--json", config=config).stdout)
-                    for _, config, _ in runs
-                ),
-                30,
-                "every conference's baseline",
+        daemons = [stack.enter_context(daemon(c, c.parent / "log")) for _, c, _ in runs]
+        for d in daemons:  # every conference has its baseline before it moves
+            port = http_port(d)
+            wait_metric(
+                port, "conference_monitor_transitions_total", 0, type="conference.first_seen"
             )
-            for _, _, sid in runs:
-                ctl.set_status(sid, "in-progress")
-            wait_for(lambda: len(got) >= 2, 30, "both daemons stuck in a delivery")
-            started = time.monotonic()
-            for (sig, _, _), d in zip(runs, daemons, strict=True):
-                d.process.send_signal(sig)
-            for d in daemons:
-                assert d.process.wait(timeout=10 - (time.monotonic() - started)) == 0
-            for d in daemons:
-                assert events_of(d, "daemon.abandoned"), "the stuck delivery was left behind"
-                assert events_of(d, "daemon.stopped")
-        # Left behind, not lost: the delivery is still in the outbox for the next start.
-        for _, config, sid in runs:
-            pending = json_lines(cli("deliveries", "--json", config=config).stdout)
-            assert [(p["notifier"], p["conference_sid"], p["status"]) for p in pending] == [
-                ("slow", sid, "pending")
-            ]
+        for _, _, sid in runs:
+            ctl.set_status(sid, "in-progress")
+        wait_for(lambda: len(got) >= 2, 30, "both daemons stuck in a delivery")
+
+        # No lock_timeout: the next poll tick waits for this lock for ever.
+        locker = create_engine(pg_url)
+        stack.callback(locker.dispose)
+        lock = stack.enter_context(locker.connect())
+        lock.execute(text("LOCK TABLE watches IN ACCESS EXCLUSIVE MODE"))
+        # A tick starts every 0.25 s, and none once stopping: let one reach the lock.
+        locked = time.monotonic()
+        wait_for(lambda: time.monotonic() > locked + 1.0, 5, "a poll tick to hit the lock")
+        started = time.monotonic()
+        for (sig, _, _), d in zip(runs, daemons, strict=True):
+            d.process.send_signal(sig)
+        for d in daemons:
+            assert d.process.wait(timeout=10 - (time.monotonic() - started)) == 0
+        lock.rollback()
+        left = [[line["msg"] for line in events_of(d, "daemon.abandoned")] for d in daemons]
+        assert [[m.split(" is still")[0] for m in msgs] for msgs in left] == [
+            ["a delivery"],
+            ["a delivery", "a tick"],
+        ]
+        for d in daemons:
+            assert events_of(d, "daemon.stopped")
+
+    # Left behind, not lost: the delivery is still in the outbox for the next start.
+    for _, config, sid in runs:
+        listed = cli("deliveries", "--status", "pending", "--json", config=config)
+        pending = json_lines(listed.stdout)
+        assert [(p["notifier"], p["conference_sid"], p["status"]) for p in pending] == [
+            ("slow", sid, "pending")
+        ]
 
 
-@contextmanager
-def contextlib_multi(managers: list[Any]) -> Iterator[list[Daemon]]:
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        yield [stack.enter_context(m) for m in managers]
+# -- process metrics under ProcSubset=pid --------------------------------------------------
 
 
-def _unused(_: Callable[..., Any], __: subprocess.Popen[str]) -> None:  # pragma: no cover
-    pass
+def test_process_metrics_survive_a_proc_without_stat(tmp_path: Path) -> None:
+    """The unit's ProcSubset=pid hides /proc/stat; process_* metrics must not vanish."""
+    from prometheus_client.process_collector import ProcessCollector
+
+    from monitor.metrics import _ProcessCollector
+
+    proc = tmp_path / "proc"  # like ProcSubset=pid: the process's entries, no /proc/stat
+    proc.mkdir()
+    (proc / "self").symlink_to("/proc/self")
+    stock = {m.name for m in ProcessCollector(proc=str(proc), registry=None).collect()}
+    ours = {m.name for m in _ProcessCollector(proc=str(proc), registry=None).collect()}
+    assert stock == set()
+    assert {"process_start_time_seconds", "process_resident_memory_bytes"} <= ours

@@ -15,19 +15,21 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
+from monitor.config_schema import DispatchSettings
 from monitor.db.engine import make_engine, upgrade
-from monitor.db.outbox import Outbox
+from monitor.db.outbox import Claimed, Outbox
 from monitor.db.store import Store
 from monitor.domain import EventType, new_event_id
 from monitor.events import NewEvent, document
-from monitor.notify.dispatcher import Dispatcher
+from monitor.notify.base import DeliveryError
+from monitor.notify.dispatcher import Dispatcher, next_outcome
 from monitor.notify.webhook import WebhookNotifier
 
 ACCOUNT = "AC" + "a" * 32
@@ -51,7 +53,7 @@ class Answer:
 class Request:
     webhook_id: str
     body: dict[str, Any]
-    answered: int | None = None  # the status sent, once sent
+    answered: int | None = None  # the status, set just before the reply goes out
 
 
 class Hook(ThreadingHTTPServer):
@@ -95,6 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.hold is not None:
             while not (answer.hold.is_set() or self.server.released.is_set()):
                 answer.hold.wait(0.05)
+        with self.server.lock:  # before the reply leaves: the notifier may act on it at once
+            request.answered = answer.status
         self.send_response(answer.status)
         for name, value in answer.headers.items():
             self.send_header(name, value)
@@ -102,8 +106,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         with contextlib.suppress(OSError):  # the notifier stopped reading: the point of some tests
             self.wfile.write(answer.body)
-        with self.server.lock:
-            request.answered = answer.status
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -203,14 +205,21 @@ def webhook(name: str, hook: Hook, timeout_s: float = 2.0) -> WebhookNotifier:
     return WebhookNotifier(name, hook.url, SECRET, timeout_s=timeout_s)
 
 
-def pump(dispatcher: Dispatcher, done: Callable[[], bool], what: str) -> None:
-    """Tick like the daemon's scheduler until `done()`; fail after WAIT_S."""
+def pump(
+    dispatcher: Dispatcher, done: Callable[[], bool], what: str, *, settle: bool = True
+) -> None:
+    """Tick like the daemon's scheduler until `done()`; fail after WAIT_S.
+
+    With `settle`, also wait for the batches in flight, so their outcomes are recorded.
+    """
     deadline = time.monotonic() + WAIT_S
     while not done():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         dispatcher.tick()
         time.sleep(0.02)
+    if settle:
+        assert dispatcher.wait(WAIT_S), f"batches still running after {what}"
 
 
 def rows(outbox: Outbox, notifier: str | None = None) -> dict[str, dict[str, Any]]:
@@ -246,7 +255,10 @@ def test_ended_waits_until_started_is_delivered(
         seen = hook.ids()
         assert seen.count(started) == started_fails + 1
         # Not one attempt at `ended` before `started` got its 2xx.
-        assert seen.index(ended) > hook.delivered().index(started)
+        started_ok = next(
+            i for i, r in enumerate(hook.requests) if r.webhook_id == started and r.answered == 204
+        )
+        assert seen.index(ended) > started_ok
         assert seen.count(ended) == 1
     assert statuses(outbox) == {"delivered": len(events)}
 
@@ -284,7 +296,12 @@ def test_one_hanging_receiver_never_delays_another_notifier(
     dispatcher = dispatchers(
         outbox, {"slow": webhook("slow", slow, 10.0), "fast": webhook("fast", fast)}
     )
-    pump(dispatcher, lambda: len(fast.delivered()) == len(events), "the fast receiver served")
+    pump(
+        dispatcher,
+        lambda: len(fast.delivered()) == len(events),
+        "the fast receiver served",
+        settle=False,  # the other notifier's worker is still waiting for its answer
+    )
     # Everything reached the healthy receiver while the first request to the other one
     # was still waiting for its answer.
     assert len(slow.requests) == 1 and slow.requests[0].answered is None
@@ -388,7 +405,7 @@ def test_drain_finishes_the_attempt_in_flight_and_releases_the_rest(
     events = lifecycle(Store(engine), 5, ("hook",))
     first = dispatchers(outbox, {"hook": webhook("hook", hook, 10.0)})
     assert first.tick() == 5
-    pump(first, lambda: len(hook.requests) == 1, "the first request")
+    pump(first, lambda: len(hook.requests) == 1, "the first request", settle=False)
     assert first.drain(0.1) is False  # still waiting for the held answer
     assert first.tick() == 0  # drained: claims nothing
     gate.set()
@@ -486,3 +503,34 @@ def test_two_dispatchers_on_one_postgres_deliver_each_row_once(
             assert delivered.index(events[2 * n].id) < delivered.index(events[2 * n + 1].id)
     finally:
         engine.dispose()
+
+
+def test_the_default_schedule_retries_for_more_than_a_day_then_gives_up() -> None:
+    """Pure schedule check: a receiver down for good, tried on the default [dispatch] settings."""
+    defaults = DispatchSettings()
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    at, attempts, delays = created, 0, []
+    while True:
+        row = Claimed(1, "evt_x", "conference.ended", "hook", sid(1), "{}", attempts, created)
+        outcome = next_outcome(
+            row,
+            DeliveryError("HTTP 503"),
+            at,
+            1.0,
+            defaults.retry_delays_s,
+            defaults.give_up_after_s,
+        )
+        attempts += 1
+        if outcome.status == "dead":
+            break
+        assert outcome.status == "pending" and outcome.next_attempt_at is not None
+        delays.append((outcome.next_attempt_at - at).total_seconds())
+        at = outcome.next_attempt_at
+    assert delays == sorted(delays) and delays[0] == 5 and delays[-1] == 3600
+    assert (at - created).total_seconds() >= 24 * 3600  # the last try came after a full day
+    # A Retry-After longer than the schedule wins; a permanent error stops at once.
+    row = Claimed(1, "evt_x", "conference.ended", "hook", sid(1), "{}", 0, created)
+    asked = next_outcome(row, DeliveryError("429", retry_after_s=90), created, 1.0, (5,), 3600)
+    assert asked.next_attempt_at == created + timedelta(seconds=90)
+    refused = next_outcome(row, DeliveryError("400", permanent=True), created, 1.0, (5,), 3600)
+    assert refused.status == "failed"

@@ -51,9 +51,28 @@ def _systemd_analyze() -> str:
 
 
 def _exec_start() -> str:
-    """A real executable for ExecStart=, since verify checks that it exists."""
+    """A real executable for ExecStart=, since verify checks that it exists.
+
+    The console script installed with this interpreter (the virtualenv's, found
+    even when its bin/ is not on PATH), else one on PATH, else `python -m monitor`.
+    """
+    beside = Path(sys.executable).parent / "conference-monitor"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     script = shutil.which("conference-monitor")
     return script if script else f"{sys.executable} -m monitor"
+
+
+def test_exec_start_is_the_installed_console_script() -> None:
+    """When the package is installed, verify runs against its real entry point."""
+    beside = Path(sys.executable).parent / "conference-monitor"
+    if not beside.is_file():
+        pytest.skip(f"no console script next to {sys.executable}")
+    assert _exec_start() == str(beside)
+    version = subprocess.run(
+        [_exec_start(), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert version.startswith("conference-monitor ")
 
 
 def _credential_names(unit_text: str) -> list[str]:

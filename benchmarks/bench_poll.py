@@ -139,19 +139,27 @@ def main() -> int:
     polls = obs1 - obs0
     elapsed = t1 - t0
     mode = "fetch only" if args.fetch_only else "list + fetch"
-    print(f"\nconferences={args.conferences} interval={args.interval} mode={mode} "
-          f"window={elapsed:.1f}s")
+    print(
+        f"\nconferences={args.conferences} interval={args.interval} mode={mode} "
+        f"window={elapsed:.1f}s"
+    )
     ideal = (args.conferences - len(ended) / 2) / _seconds(args.interval)
-    print(f"polls persisted      {polls} ({polls / elapsed:.1f}/s; every active watch once an "
-          f"interval would be {ideal:.0f}/s, counting the {len(ended)} that end mid-window)")
-    print(f"daemon CPU           {(cpu1 - cpu0) * 1000 / max(polls, 1):.3f} ms per poll "
-          f"({(cpu1 - cpu0) / elapsed * 100:.0f}% of one core)")
+    print(
+        f"polls persisted      {polls} ({polls / elapsed:.1f}/s; every active watch once an "
+        f"interval would be {ideal:.0f}/s, counting the {len(ended)} that end mid-window)"
+    )
+    print(
+        f"daemon CPU           {(cpu1 - cpu0) * 1000 / max(polls, 1):.3f} ms per poll "
+        f"({(cpu1 - cpu0) / elapsed * 100:.0f}% of one core)"
+    )
     print(f"snapshot rows        {rows1 - rows0} written in the window ({rows1} in all)")
     print(f"simulator requests   {json.dumps(stats.get('by_kind', {}))}")
     if latencies:
-        print(f"detection latency    p50 {statistics.median(latencies):.3f}s  "
-              f"p99 {percentile(latencies, 0.99):.3f}s  max {max(latencies):.3f}s  "
-              f"(n={len(latencies)}; target p99 <= interval + 1s)")
+        print(
+            f"detection latency    p50 {statistics.median(latencies):.3f}s  "
+            f"p99 {percentile(latencies, 0.99):.3f}s  max {max(latencies):.3f}s  "
+            f"(n={len(latencies)}; target p99 <= interval + 1s)"
+        )
     print(f"(work folder {folder})")
     return 0
 
@@ -177,8 +185,10 @@ def detection_latencies(db: Path, ctl: SimulatorControl, sids: list[str]) -> lis
             continue
         ended_at = [t["at"] for t in ctl.transitions(sid) if t["status"] == "completed"]
         if ended_at:
-            seen = datetime.fromisoformat(rows[sid]).timestamp() if "+" in rows[sid] else (
-                datetime.fromisoformat(rows[sid] + "+00:00").timestamp()
+            seen = (
+                datetime.fromisoformat(rows[sid]).timestamp()
+                if "+" in rows[sid]
+                else (datetime.fromisoformat(rows[sid] + "+00:00").timestamp())
             )
             out.append(seen - ended_at[0])
     return out

@@ -13,6 +13,7 @@ Loopback only; bounded in time; never part of the test run.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -22,8 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from monitor.domain import END_REASONS
@@ -47,7 +50,40 @@ def observations(db: Path) -> tuple[int, int]:
     return int(total), int(rows)
 
 
-def write_config(folder: Path, sim_url: str, interval: str, jitter: str, use_list: bool) -> Path:
+class Receipts:
+    """A loopback webhook receiver noting when each conference's end arrived."""
+
+    def __init__(self) -> None:
+        self.ended_at: dict[str, float] = {}
+        receipts = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body["type"] == "conference.ended":
+                    receipts.ended_at.setdefault(body["data"]["conference_sid"], time.time())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode()
+
+
+def write_config(
+    folder: Path, sim_url: str, interval: str, jitter: str, use_list: bool, hook_url: str
+) -> Path:
     path = folder / "bench.toml"
     path.write_text(
         f"""
@@ -72,6 +108,12 @@ level = "WARNING"
 [[notifiers]]
 name = "log"
 type = "log"
+
+[[notifiers]]
+name = "hook"
+type = "webhook"
+url = "{hook_url}"
+secret = "{SECRET}"
 """
     )
     return path
@@ -108,7 +150,10 @@ def main() -> int:
             ctl.create_conference(friendly_name=f"bench-{i}", status="in-progress")["sid"]
             for i in range(args.conferences)
         ]
-        config = write_config(folder, sim.url, args.interval, args.jitter, not args.fetch_only)
+        receipts = Receipts()
+        config = write_config(
+            folder, sim.url, args.interval, args.jitter, not args.fetch_only, receipts.url
+        )
         cli(config, "db", "upgrade")
         for start in range(0, len(sids), 500):
             cli(config, "watch", "add", *sids[start : start + 500])
@@ -131,10 +176,16 @@ def main() -> int:
             time.sleep(args.seconds)
             cpu1, (obs1, rows1), t1 = cpu_seconds(daemon.pid), observations(db), time.monotonic()
             latencies = detection_latencies(db, ctl, ended)
+            delivered = [
+                receipts.ended_at[sid] - _ended_at(ctl, sid)
+                for sid in ended
+                if sid in receipts.ended_at
+            ]
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=20)
             log.close()
+            receipts.close()
         stats = ctl.stats()
     polls = obs1 - obs0
     elapsed = t1 - t0
@@ -160,6 +211,11 @@ def main() -> int:
             f"p99 {percentile(latencies, 0.99):.3f}s  max {max(latencies):.3f}s  "
             f"(n={len(latencies)}; target p99 <= interval + 1s)"
         )
+    if delivered:
+        print(
+            f"transition to webhook p50 {statistics.median(delivered):.3f}s  "
+            f"p99 {percentile(delivered, 0.99):.3f}s  (n={len(delivered)}, loopback receiver)"
+        )
     print(f"(work folder {folder})")
     return 0
 
@@ -168,6 +224,10 @@ def _seconds(text: str) -> float:
     from monitor.durations import parse_duration
 
     return parse_duration(text)
+
+
+def _ended_at(ctl: SimulatorControl, sid: str) -> float:
+    return next(t["at"] for t in ctl.transitions(sid) if t["status"] == "completed")
 
 
 def detection_latencies(db: Path, ctl: SimulatorControl, sids: list[str]) -> list[float]:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor import __version__, logs
-from monitor.app import App, MissingCredentials
+from monitor.app import App, MissingCredentials, effective_notifiers
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.db import queries
 from monitor.db.engine import SchemaBehind, require_current_schema, upgrade
@@ -404,9 +404,14 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, _env: Mapping[s
         disabled = app.outbox.disabled_notifiers()
     finally:
         app.close()
+    configured = {n.name for n in effective_notifiers(settings)}
     for row in rows:
-        if row["status"] == "pending" and row["notifier"] in disabled:
+        if row["status"] != "pending":
+            continue
+        if row["notifier"] in disabled:
             row["last_error"] = f"notifier disabled: {disabled[row['notifier']]}"
+        elif row["notifier"] not in configured:
+            row["last_error"] = "notifier not in the configuration: waiting for it to return"
     emit(rows, DELIVERY_COLUMNS, as_json=args.json, empty="no deliveries")
     return EXIT_OK
 

@@ -146,6 +146,7 @@ class Daemon:
         )
         self.http: HealthServer | None = None
         self.last_poll_at: datetime | None = None
+        self._dispatching = False
         # Poll batches and a reload's swap of notifiers and recipients exclude each
         # other, so no batch routes events with one config and delivers with another.
         self._config_lock = threading.Lock()
@@ -353,8 +354,16 @@ class Daemon:
             self.app.metrics.snapshots_written(report.result.snapshots_written)
             for event in report.result.events:
                 self.app.metrics.count_transition(event.type)
+            if report.result.events:
+                self._dispatch_soon()
             if report.claimed < poller.batch_size:
                 return
+
+    def _dispatch_soon(self) -> None:
+        """New outbox rows: run the dispatch job now rather than at its next tick."""
+        job = self.scheduler.get_job("dispatch")
+        if job is not None and not self._dispatching:  # a running job would be skipped, noisily
+            job.modify(next_run_time=datetime.now(UTC))
 
     def discover_tick(self) -> None:
         """`polling.discover`: watch every active conference of the configured account."""
@@ -364,7 +373,11 @@ class Daemon:
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:
-            self.app.dispatcher.tick()
+            self._dispatching = True
+            try:
+                self.app.dispatcher.tick()
+            finally:
+                self._dispatching = False
 
     def watchdog_tick(self) -> None:
         """WATCHDOG=1, sent by a scheduler job and only while the poll loop progresses.
@@ -399,7 +412,9 @@ class Daemon:
         last = self.last_poll_at.strftime("%H:%M:%S") if self.last_poll_at else "never"
         try:
             counts = self.app.store.watch_counts()
-            backlog, oldest = self.app.outbox.backlog()
+            backlog, oldest = self.app.outbox.backlog(
+                [n.name for n in effective_notifiers(self.app.settings)]
+            )
         except Exception as exc:
             self.sd.status(f"database unreachable: {_short(exc)[:120]}; last poll {last}")
             raise

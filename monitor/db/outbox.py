@@ -7,6 +7,7 @@ cannot overwrite the work of the one that took over.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -235,9 +236,15 @@ class Outbox:
                 )
         return found
 
-    def backlog(self) -> tuple[int, datetime | None]:
+    def backlog(self, notifiers: Collection[str] | None = None) -> tuple[int, datetime | None]:
+        """Pending rows and the oldest one's age, for the notifiers given (None: all).
+
+        Rows of a notifier removed from the config wait, undelivered, in case it
+        comes back; they are not counted as backlog the operator can do anything about.
+        """
+        query = select(func.count(), func.min(D.c.created_at)).where(D.c.status == "pending")
+        if notifiers is not None:
+            query = query.where(D.c.notifier.in_(list(notifiers)))
         with self.engine.connect().execution_options(readonly=True) as conn:
-            count, oldest = conn.execute(
-                select(func.count(), func.min(D.c.created_at)).where(D.c.status == "pending")
-            ).one()
+            count, oldest = conn.execute(query).one()
         return int(count), oldest

@@ -160,3 +160,14 @@ def test_disabled_notifier_survives_and_retry_reenables(engine: Engine) -> None:
     assert outbox.disabled_notifiers() == {"hook": "410"}
     assert outbox.enable_notifier("hook") is True
     assert outbox.disabled_notifiers() == {}
+
+
+def test_backlog_counts_only_the_notifiers_asked_for(engine: Engine) -> None:
+    store, outbox = Store(engine), Outbox(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    (watch,) = store.claim_due_watches(T0, 10, 1.0, 0.0)
+    store.record([observation(watch, conf("init"), T0, "poll", everyone)])
+    count, oldest = outbox.backlog()
+    assert count == 2 and oldest == T0
+    assert outbox.backlog(["log"]) == (1, T0)
+    assert outbox.backlog([]) == (0, None)

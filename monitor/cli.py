@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -181,14 +182,15 @@ def account_for(args: argparse.Namespace, settings: Settings) -> str:
     return account
 
 
-def open_app(settings: Settings) -> App:
+@contextmanager
+def opened(settings: Settings) -> Iterator[App]:
+    """The app for one command, on a schema that is current; closed afterwards."""
     app = App.open(settings)
     try:
         require_current_schema(app.engine)
-    except Exception:
+        yield app
+    finally:
         app.close()
-        raise
-    return app
 
 
 def parse_when(text: str | None, now: datetime) -> datetime | None:
@@ -219,11 +221,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, environ: Mapping[str, 
 def cmd_watch_add(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     sids = check_sids(args.sids)
     account = account_for(args, settings)
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         added = app.store.add_watches(sids, account, args.label, datetime.now(UTC))
-    finally:
-        app.close()
     for sid in sids:
         print(f"{'watching' if sid in added else 'already watched'} {sid}")
     return EXIT_OK
@@ -231,11 +230,8 @@ def cmd_watch_add(args: argparse.Namespace, settings: Settings, _env: Mapping[st
 
 def cmd_watch_remove(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     sids = check_sids(args.sids)
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         removed = app.store.remove_watches(sids)
-    finally:
-        app.close()
     for sid in sids:
         print(f"{'removed' if sid in removed else 'not watched'} {sid}")
     return EXIT_OK if len(removed) == len(sids) else EXIT_FAILURE
@@ -253,11 +249,8 @@ WATCH_COLUMNS = (
 
 
 def cmd_watch_list(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         rows = app.store.list_watches(args.status)
-    finally:
-        app.close()
     emit(rows, WATCH_COLUMNS, as_json=args.json, empty="no watches")
     return EXIT_OK
 
@@ -265,11 +258,8 @@ def cmd_watch_list(args: argparse.Namespace, settings: Settings, _env: Mapping[s
 def cmd_poll(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     sids = check_sids(args.sids)
     account = account_for(args, settings)
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         report = app.with_poller().poll_sids(sids, account)
-    finally:
-        app.close()
     seen = {c.sid: c for c in report.observed}
     events: dict[str, list[str]] = {}
     for event in report.result.events:
@@ -298,12 +288,9 @@ def cmd_poll(args: argparse.Namespace, settings: Settings, _env: Mapping[str, st
 
 def cmd_history(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     (sid,) = check_sids([args.sid])
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         snaps = queries.snapshots(app.engine, sid)
         evts = queries.events(app.engine, sid=sid, limit=100_000, oldest_first=True)
-    finally:
-        app.close()
     rows = [_snapshot_row(s) for s in snaps] + [_event_row(e) for e in evts]
     rows.sort(key=lambda r: (r["at"], 0 if r["kind"] == "snapshot" else 1))
     emit(rows, ("at", "kind", "status", "detail"), as_json=args.json, empty=f"no history for {sid}")
@@ -362,8 +349,7 @@ def cmd_events(args: argparse.Namespace, settings: Settings, _env: Mapping[str, 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     now = datetime.now(UTC)
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         rows = queries.events(
             app.engine,
             since=parse_when(args.since, now),
@@ -372,8 +358,6 @@ def cmd_events(args: argparse.Namespace, settings: Settings, _env: Mapping[str, 
             sid=args.sid,
             limit=args.limit,
         )
-    finally:
-        app.close()
     if args.json:
         for row in rows:
             doc = json.loads(row["body"])
@@ -398,12 +382,9 @@ DELIVERY_COLUMNS = (
 
 
 def cmd_deliveries(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         rows = app.outbox.listing(args.status, args.notifier, args.limit)
         disabled = app.outbox.disabled_notifiers()
-    finally:
-        app.close()
     configured = {n.name for n in effective_notifiers(settings)}
     for row in rows:
         if row["status"] != "pending":
@@ -419,11 +400,8 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, _env: Mapping[s
 def cmd_deliveries_retry(
     args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]
 ) -> int:
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         requeued = app.outbox.retry(args.ids, datetime.now(UTC))
-    finally:
-        app.close()
     for delivery_id in args.ids:
         state = "queued again" if delivery_id in requeued else "not failed or dead (unchanged)"
         print(f"delivery {delivery_id}: {state}")
@@ -433,11 +411,8 @@ def cmd_deliveries_retry(
 def cmd_deliveries_show(
     args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]
 ) -> int:
-    app = open_app(settings)
-    try:
+    with opened(settings) as app:
         shown = app.outbox.show(args.id)
-    finally:
-        app.close()
     if shown is None:
         print(f"error: no delivery with id {args.id}", file=sys.stderr)
         return EXIT_FAILURE

@@ -213,7 +213,12 @@ class Outbox:
         return shown
 
     def retry(self, ids: list[int], now: datetime) -> list[int]:
-        """Put failed or dead rows back in the queue (and re-enable their notifiers)."""
+        """Put failed or dead rows back in the queue (and re-enable their notifiers).
+
+        The row is queued anew (`created_at = now`), so it gets a whole retry
+        window again rather than one attempt before it is dead once more; the
+        event keeps its own time, and earlier attempts stay in the log.
+        """
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(D.c.id, D.c.notifier).where(
@@ -226,7 +231,11 @@ class Outbox:
                     update(D)
                     .where(D.c.id.in_(found))
                     .values(
-                        status="pending", next_attempt_at=now, lease_owner=None, lease_until=None
+                        status="pending",
+                        created_at=now,
+                        next_attempt_at=now,
+                        lease_owner=None,
+                        lease_until=None,
                     )
                 )
                 conn.execute(

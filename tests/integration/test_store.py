@@ -151,6 +151,7 @@ def test_outbox_claim_lease_fence_and_ordering(engine: Engine) -> None:
     assert outbox.retry([second[0].id, third[0].id], now) == [second[0].id]
     shown = outbox.show(second[0].id)
     assert shown is not None and shown["status"] == "pending"
+    assert shown["created_at"] == now  # a whole retry window again
     assert [a["status_code"] for a in shown["attempt_log"]] == [500]
 
 

@@ -146,7 +146,6 @@ class Daemon:
         )
         self.http: HealthServer | None = None
         self.last_poll_at: datetime | None = None
-        self._dispatching = False
         # Poll batches and a reload's swap of notifiers and recipients exclude each
         # other, so no batch routes events with one config and delivers with another.
         self._config_lock = threading.Lock()
@@ -362,7 +361,7 @@ class Daemon:
     def _dispatch_soon(self) -> None:
         """New outbox rows: run the dispatch job now rather than at its next tick."""
         job = self.scheduler.get_job("dispatch")
-        if job is not None and not self._dispatching:  # a running job would be skipped, noisily
+        if job is not None:  # if it is running, this run is skipped (quietly: _SkipMaxInstances)
             job.modify(next_run_time=datetime.now(UTC))
 
     def discover_tick(self) -> None:
@@ -373,11 +372,7 @@ class Daemon:
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:
-            self._dispatching = True
-            try:
-                self.app.dispatcher.tick()
-            finally:
-                self._dispatching = False
+            self.app.dispatcher.tick()
 
     def watchdog_tick(self) -> None:
         """WATCHDOG=1, sent by a scheduler job and only while the poll loop progresses.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.app import App
-from monitor.config import load_settings
+from monitor.config import Settings, load_settings
 from monitor.daemon import Daemon
 from monitor.db import queries
 from monitor.db.engine import upgrade
@@ -174,14 +174,14 @@ def _now() -> Any:
     return datetime.now(UTC)
 
 
-def _print_summary(db_url: str) -> None:
-    settings_engine = App.open(load_settings(None, {"CONFERENCE_MONITOR_DATABASE_URL": db_url}))
+def _print_summary(settings: Settings) -> None:
+    app = App.open(settings)
     try:
-        rows = queries.events(settings_engine.engine, limit=1000, oldest_first=True)
-        watches = settings_engine.store.list_watches()
-        deliveries = settings_engine.outbox.listing(limit=1000)
+        rows = queries.events(app.engine, limit=1000, oldest_first=True)
+        watches = app.store.list_watches()
+        deliveries = app.outbox.listing(limit=1000)
     finally:
-        settings_engine.close()
+        app.close()
     print("\nEvents, oldest first (`conference-monitor events` shows them newest first):")
     shown = []
     for row in rows:
@@ -237,7 +237,7 @@ def run_demo(keep: bool = False) -> int:
             driver.start()
             daemon.run()
             driver.join(timeout=5)
-            _print_summary(settings.database.url)
+            _print_summary(settings)
     finally:
         receiver.shutdown()
         receiver.server_close()

@@ -44,8 +44,9 @@ def observation(
 
 def not_found(watch: WatchState, now: datetime, policy: PollPolicy, recipients: Recipients) -> Miss:
     """A 404: retry quickly during the grace period, then end the watch with an event."""
+    # The grace runs from the first 404 in a row, so a conference Twilio shows
+    # late (new) or briefly loses is not declared missing on one answer.
     first = watch.first_not_found_at or now
-    # A SID we have already seen cannot be "too new"; its grace starts at the first 404.
     waited = (now - first).total_seconds()
     if waited < policy.not_found_grace_s:
         retry_in = min(NOT_FOUND_RETRY_S, policy.interval_s)

@@ -130,8 +130,8 @@ class Poller:
                 ok_accounts.add(watch.account_sid)
             else:
                 misses.append(self._miss(watch, result, now, report, auth_events))
-        report.result = self.store.record(observations, misses, self.policy.interval_s, auth_events)
-        self._after_record(report, observations, ok_accounts)
+        report.result = self.store.record(observations, misses, auth_events, ok_accounts)
+        _log_outcomes(report.result)
         return report
 
     def discover(self, account_sid: str) -> list[str]:
@@ -234,35 +234,33 @@ class Poller:
     def _auth_failed(
         self, watch: WatchState, error: Exception, now: datetime, auth_events: list[NewEvent]
     ) -> None:
+        """One candidate event per account and batch; the store keeps only a new episode's."""
         if any(e.account_sid == watch.account_sid for e in auth_events):
             return
-        if self.store.mark_auth_failed(watch.account_sid, now, str(error)):
-            log.error(
-                "Twilio rejected the credentials for account %s (watch %s): %s; "
-                "check TWILIO_AUTH_TOKEN or TWILIO_API_KEY/TWILIO_API_SECRET",
-                watch.account_sid,
-                watch.sid,
-                error,
-                extra={"event": "watch.auth_failed", "sid": watch.sid},
+        auth_events.append(
+            outcomes.auth_failed_event(
+                watch.account_sid, watch.sid, now, str(error), self.recipients
             )
-            auth_events.append(
-                outcomes.auth_failed_event(
-                    watch.account_sid, watch.sid, now, str(error), self.recipients
-                )
-            )
+        )
 
-    def _after_record(
-        self, report: PollReport, observations: list[Observation], ok_accounts: set[str]
-    ) -> None:
-        for account in self.store.clear_auth_failed(ok_accounts):
-            log.info(
-                "Twilio accepts the credentials for account %s again",
-                account,
-                extra={"event": "account.auth_ok"},
+
+def _log_outcomes(result: BatchResult) -> None:
+    for account in result.recovered_accounts:
+        log.info(
+            "Twilio accepts the credentials for account %s again",
+            account,
+            extra={"event": "account.auth_ok"},
+        )
+    for event in result.events:
+        if event.type == EventType.WATCH_AUTH_FAILED:
+            log.error(
+                "%s (watch %s); check TWILIO_AUTH_TOKEN or TWILIO_API_KEY/TWILIO_API_SECRET",
+                event.data["detail"],
+                event.conference_sid,
+                extra={"event": "watch.auth_failed", "sid": event.conference_sid},
             )
-        for obs in observations:
-            for event in obs.events:
-                _log_detection(event)
+        else:
+            _log_detection(event)
 
 
 def _log_detection(event: NewEvent) -> None:

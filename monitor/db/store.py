@@ -69,6 +69,7 @@ class BatchResult:
     snapshots_written: int = 0
     observations: int = 0
     events: list[NewEvent] = field(default_factory=list)
+    recovered_accounts: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -144,10 +145,16 @@ class Store:
         self,
         observations: Sequence[Observation],
         misses: Sequence[Miss] = (),
-        interval_s: float = 5.0,
-        extra_events: Sequence[NewEvent] = (),
+        auth_failures: Sequence[NewEvent] = (),
+        ok_accounts: Iterable[str] = (),
     ) -> BatchResult:
-        """Persist a batch of poll outcomes in one transaction."""
+        """Persist a batch of poll outcomes in one transaction.
+
+        `auth_failures` are candidate `watch.auth_failed` events, one per account;
+        each is written only if it starts a new episode, in the same transaction
+        that marks the episode, so the mark never exists without its event.
+        Accounts in `ok_accounts` end their episode.
+        """
         result = BatchResult(observations=len(observations))
         with self.engine.begin() as conn:
             touches = [o for o in observations if o.conference.content_hash == o.watch.current_hash]
@@ -155,54 +162,17 @@ class Store:
             if touches:
                 _touch_snapshots(conn, touches)
             for obs in changed:
-                _write_snapshot(conn, obs, interval_s)
+                _write_snapshot(conn, obs)
                 result.events.extend(obs.events)
             result.snapshots_written = len(changed)
             for miss in misses:
                 _write_miss(conn, miss)
-                result.events.extend(miss.events)
-            _write_events(conn, [*[e for m in misses for e in m.events], *extra_events])
-            result.events.extend(extra_events)
+            new_episodes = [e for e in auth_failures if _start_auth_episode(conn, e)]
+            late = [*[e for m in misses for e in m.events], *new_episodes]
+            _write_events(conn, late)
+            result.events.extend(late)
+            result.recovered_accounts = _end_auth_episodes(conn, ok_accounts)
         return result
-
-    # -- accounts --------------------------------------------------------------------
-
-    def mark_auth_failed(self, account_sid: str, at: datetime, error: str) -> bool:
-        """Record rejected credentials; True only when this starts a new episode."""
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                select(ACCOUNTS).where(AccountState.account_sid == account_sid)
-            ).first()
-            if row is not None and row.auth_failed_since is not None:
-                return False
-            table = ACCOUNTS
-            if row is None:
-                conn.execute(insert(table).values(account_sid=account_sid))
-            conn.execute(
-                update(table)
-                .where(table.c.account_sid == account_sid)
-                .values(auth_failed_since=at, last_error=error)
-            )
-            return True
-
-    def clear_auth_failed(self, account_sids: Iterable[str]) -> list[str]:
-        table = ACCOUNTS
-        sids = list(account_sids)
-        with self.engine.begin() as conn:
-            failing = list(
-                conn.scalars(
-                    select(table.c.account_sid).where(
-                        table.c.account_sid.in_(sids), table.c.auth_failed_since.is_not(None)
-                    )
-                )
-            )
-            if failing:
-                conn.execute(
-                    update(table)
-                    .where(table.c.account_sid.in_(failing))
-                    .values(auth_failed_since=None, last_error=None)
-                )
-        return failing
 
     def failing_accounts(self) -> set[str]:
         table = ACCOUNTS
@@ -213,17 +183,38 @@ class Store:
                 )
             )
 
-    def reschedule_account(self, account_sid: str, sids: Sequence[str], at: datetime) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(W)
-                .where(W.c.sid.in_(sids), W.c.account_sid == account_sid)
-                .values(next_poll_at=at, last_error="credentials rejected by Twilio")
-            )
-
     def write_events(self, events: Sequence[NewEvent]) -> None:
         with self.engine.begin() as conn:
             _write_events(conn, events)
+
+
+def _start_auth_episode(conn: Connection, event: NewEvent) -> bool:
+    """Mark the event's account as failing; False if it already was (no second event)."""
+    account = event.account_sid
+    row = conn.execute(select(ACCOUNTS).where(ACCOUNTS.c.account_sid == account)).first()
+    if row is not None and row.auth_failed_since is not None:
+        return False
+    values = {"auth_failed_since": event.occurred_at, "last_error": event.data.get("detail")}
+    if row is None:
+        conn.execute(insert(ACCOUNTS).values(account_sid=account, **values))
+    else:
+        conn.execute(update(ACCOUNTS).where(ACCOUNTS.c.account_sid == account).values(**values))
+    return True
+
+
+def _end_auth_episodes(conn: Connection, accounts: Iterable[str]) -> list[str]:
+    wanted = list(accounts)
+    if not wanted:
+        return []
+    failing = ACCOUNTS.c.account_sid.in_(wanted) & ACCOUNTS.c.auth_failed_since.is_not(None)
+    ended = list(conn.scalars(select(ACCOUNTS.c.account_sid).where(failing)))
+    if ended:
+        conn.execute(
+            update(ACCOUNTS)
+            .where(ACCOUNTS.c.account_sid.in_(ended))
+            .values(auth_failed_since=None, last_error=None)
+        )
+    return ended
 
 
 def _next_due(due: datetime, now: datetime, interval_s: float, jitter_s: float) -> datetime:
@@ -283,7 +274,7 @@ def _touch_snapshots(conn: Connection, touches: Sequence[Observation]) -> None:
     )
 
 
-def _write_snapshot(conn: Connection, obs: Observation, interval_s: float) -> None:
+def _write_snapshot(conn: Connection, obs: Observation) -> None:
     c = obs.conference
     snapshot_id = conn.execute(
         insert(S)

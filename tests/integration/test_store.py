@@ -22,7 +22,7 @@ from monitor.db.models import Base, Delivery, Event, Snapshot
 from monitor.db.outbox import AttemptOutcome, Outbox
 from monitor.db.store import Store
 from monitor.domain import Conference
-from monitor.outcomes import PollPolicy, not_found, observation
+from monitor.outcomes import PollPolicy, auth_failed_event, not_found, observation
 
 ACCOUNT = "AC" + "a" * 32
 SID = "CF" + "1" * 32
@@ -119,13 +119,20 @@ def test_not_found_after_grace_ends_the_watch_with_one_event(engine: Engine) -> 
     assert types == ["watch.not_found"]
 
 
-def test_auth_failed_is_one_episode_until_cleared(engine: Engine) -> None:
+def test_auth_failed_is_one_event_per_episode_until_cleared(engine: Engine) -> None:
     store = Store(engine)
-    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is True
-    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is False
+
+    def failure(at: datetime) -> list:  # type: ignore[type-arg]
+        event = auth_failed_event(ACCOUNT, SID, at, "rejected", everyone)
+        return store.record([], auth_failures=[event]).events
+
+    assert [e.type for e in failure(T0)] == ["watch.auth_failed"]
+    assert failure(T0 + timedelta(seconds=1)) == []  # same episode: no second event
     assert store.failing_accounts() == {ACCOUNT}
-    assert store.clear_auth_failed([ACCOUNT]) == [ACCOUNT]
-    assert store.mark_auth_failed(ACCOUNT, T0, "rejected") is True
+    assert store.record([], ok_accounts=[ACCOUNT]).recovered_accounts == [ACCOUNT]
+    assert store.failing_accounts() == set()
+    assert len(failure(T0 + timedelta(seconds=2))) == 1  # a new episode
+    assert count(engine, Event) == 2 and count(engine, Delivery) == 4
 
 
 def test_outbox_claim_lease_fence_and_ordering(engine: Engine) -> None:

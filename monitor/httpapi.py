@@ -1,8 +1,10 @@
-"""The health and metrics endpoint: /healthz, /readyz and /metrics over plain HTTP.
+"""The daemon's HTTP listener: /healthz, /readyz and /metrics, plus routes others register.
 
 It runs on the standard library's threading server in a daemon thread, so a
 slow scrape or a stuck readiness check never blocks polling, and the process
-can exit without waiting on it.
+can exit without waiting on it. Features that need HTTP (status callbacks, the
+history API) register a `Route` with `add_route` before `start()`; a route sees
+a `Request` (body already read, within its size cap) and returns a `Response`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import logging
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -31,6 +34,44 @@ CLIENT_TIMEOUT_S = 10.0
 # The serving loop checks for stop() this often; stop() waits up to this long.
 SHUTDOWN_POLL_S = 0.5
 TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as a route sees it; `body` is complete (never more than the route's cap)."""
+
+    method: str
+    path: str  # without the query string
+    target: str  # path and query exactly as the client sent them
+    query: Mapping[str, list[str]]
+    headers: Mapping[str, str]  # case-insensitive (an email.message.Message)
+    body: bytes
+    client: str  # the peer's address
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = TEXT
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    """`path` matches exactly, or as a prefix when `prefix` is true (e.g. "/api/v1/")."""
+
+    path: str
+    handler: Handler
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    prefix: bool = False
+    max_body_bytes: int = 0  # a larger declared body is refused with 413 before it is read
+
+    def matches(self, path: str) -> bool:
+        return path.startswith(self.path) if self.prefix else path == self.path
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -105,33 +146,92 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = CLIENT_TIMEOUT_S
 
     def do_GET(self) -> None:
-        self._respond(send_body=True)
+        self._respond()
 
     def do_HEAD(self) -> None:
-        self._respond(send_body=False)
+        self._respond()
 
-    def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, TEXT, b"method not allowed\n", True, "GET, HEAD")
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _not_allowed
-
-    def _respond(self, send_body: bool) -> None:
+    def _respond(self) -> None:
+        send_body = self.command != "HEAD"
+        path = urlsplit(self.path).path
+        route = self.server.api.find_route(path)
+        if route is None:
+            self._send(HTTPStatus.NOT_FOUND, TEXT, b"not found\n", send_body)
+            return
+        if self.command not in route.methods:
+            allow = ", ".join(route.methods)
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, TEXT, b"method not allowed\n", True, allow)
+            return
+        body = self._read_body(route)
+        if body is None:
+            return
+        request = Request(
+            method=self.command,
+            path=path,
+            target=self.path,
+            query=parse_qs(urlsplit(self.path).query, keep_blank_values=True),
+            headers=self.headers,
+            body=body,
+            client=str(self.client_address[0]),
+        )
         try:
-            status, content_type, body = self.server.api.route(urlsplit(self.path).path)
+            response = route.handler(request)
         except Exception:
-            logger.exception("serving %s failed", self.path, extra={"event": "http.handler_failed"})
-            status, content_type, body = HTTPStatus.INTERNAL_SERVER_ERROR, TEXT, b"error\n"
-        self._send(status, content_type, body, send_body)
+            logger.exception("serving %s failed", path, extra={"event": "http.handler_failed"})
+            response = Response(HTTPStatus.INTERNAL_SERVER_ERROR, b"error\n")
+        self._send(
+            response.status, response.content_type, response.body, send_body, "", response.headers
+        )
+
+    def _read_body(self, route: Route) -> bytes | None:
+        """The request body within the route's cap, or None after answering the error."""
+        length_text = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._send(HTTPStatus.LENGTH_REQUIRED, TEXT, b"chunked bodies are not accepted\n", True)
+            return None
+        if length_text is None:
+            return b""
+        if not length_text.isdigit():
+            self.close_connection = True
+            self._send(HTTPStatus.BAD_REQUEST, TEXT, b"bad Content-Length\n", True)
+            return None
+        length = int(length_text)
+        if length > route.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as a request
+            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TEXT, b"body too large\n", True)
+            return None
+        try:
+            body = self.rfile.read(length) if length else b""
+        except OSError:  # the client timed out or went away mid-body
+            self.close_connection = True
+            return None
+        if len(body) < length:
+            self.close_connection = True
+            return None
+        return body
 
     def _send(
-        self, status: int, content_type: str, body: bytes, send_body: bool, allow: str = ""
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        send_body: bool,
+        allow: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        names = {name.lower() for name, _ in headers}
+        if "cache-control" not in names:
+            self.send_header("Cache-Control", "no-store")
         if allow:
             self.send_header("Allow", allow)
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         if send_body:
             self.wfile.write(body)
@@ -158,6 +258,20 @@ class HealthServer:
         self._readiness = _SingleFlight(readiness, readiness_timeout_s)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._routes: list[Route] = [
+            Route("/healthz", lambda _r: Response(HTTPStatus.OK, b"ok\n")),
+            Route("/readyz", self._ready),
+            Route("/metrics", self._render_metrics),
+        ]
+
+    def add_route(self, route: Route) -> None:
+        """Serve `route` too; call before `start()`. The first match wins."""
+        if self._server is not None:
+            raise RuntimeError("add routes before the server starts")
+        self._routes.append(route)
+
+    def find_route(self, path: str) -> Route | None:
+        return next((r for r in self._routes if r.matches(path)), None)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -193,13 +307,19 @@ class HealthServer:
             thread.join()
 
     def route(self, path: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for a GET of `path`."""
-        if path == "/healthz":
-            return HTTPStatus.OK, TEXT, b"ok\n"
-        if path == "/readyz":
-            ready, detail = self._readiness()
-            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            return status, TEXT, (detail + "\n").encode()
-        if path == "/metrics":
-            return HTTPStatus.OK, CONTENT_TYPE_LATEST, self._metrics.render()
-        return HTTPStatus.NOT_FOUND, TEXT, b"not found\n"
+        """(status, content type, body) for a GET of `path` (kept for direct callers)."""
+        found = self.find_route(path)
+        if found is None:
+            return HTTPStatus.NOT_FOUND, TEXT, b"not found\n"
+        response = found.handler(
+            Request("GET", path, path, {}, {}, b"", "")  # a direct call, not over the socket
+        )
+        return response.status, response.content_type, response.body
+
+    def _ready(self, _request: Request) -> Response:
+        ready, detail = self._readiness()
+        status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+        return Response(status, (detail + "\n").encode())
+
+    def _render_metrics(self, _request: Request) -> Response:
+        return Response(HTTPStatus.OK, self._metrics.render(), CONTENT_TYPE_LATEST)

@@ -257,3 +257,36 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(listen)
+
+
+def test_registered_route_gets_the_body_and_the_cap_is_enforced(serve) -> None:
+    from monitor.httpapi import Request, Route
+    from monitor.httpapi import Response as Reply
+
+    seen: list[Request] = []
+
+    def echo(req: Request) -> Reply:
+        seen.append(req)
+        return Reply(201, req.body[::-1], "application/octet-stream", (("X-Seen", "1"),))
+
+    server = HealthServer("127.0.0.1:0", Metrics(), lambda: (True, "ready"), **FAST_STOP)
+    server.add_route(Route("/hook", echo, methods=("POST",), max_body_bytes=8))
+    server.start()
+    try:
+        host, port = server.address
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/hook?a=1", body=b"abc", headers={"Content-Type": "x/y"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read(), resp.headers["X-Seen"]) == (201, b"cba", "1")
+        assert seen[0].query == {"a": ["1"]} and seen[0].headers["content-type"] == "x/y"
+        conn.close()
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/hook", body=b"x" * 9)
+        assert conn.getresponse().status == 413
+        conn.close()
+        assert request(server, "/hook").status == 405
+        assert len(seen) == 1
+        with pytest.raises(RuntimeError):
+            server.add_route(Route("/late", echo))
+    finally:
+        server.stop()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -44,7 +45,7 @@ class Request:
     path: str  # without the query string
     target: str  # path and query exactly as the client sent them
     query: Mapping[str, list[str]]
-    headers: Mapping[str, str]  # case-insensitive (an email.message.Message)
+    headers: Message  # case-insensitive: headers.get("content-type")
     body: bytes
     client: str  # the peer's address
 
@@ -312,7 +313,7 @@ class HealthServer:
         if found is None:
             return HTTPStatus.NOT_FOUND, TEXT, b"not found\n"
         response = found.handler(
-            Request("GET", path, path, {}, {}, b"", "")  # a direct call, not over the socket
+            Request("GET", path, path, {}, Message(), b"", "")  # a direct call, not over the socket
         )
         return response.status, response.content_type, response.body
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from monitor.db.engine import make_engine
 from monitor.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# Any fixed number: instances running `db upgrade` at once (ExecStartPre on each
+# node) take turns; the one that waits then finds the schema current.
+MIGRATION_LOCK_KEY = 0x636D6F6E  # "cmon"
 
 
 def run_migrations_online() -> None:
@@ -24,6 +27,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY}
+                )
             context.run_migrations()
         connection.commit()
 

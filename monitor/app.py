@@ -13,6 +13,7 @@ from monitor.config import NotifierSettings, Settings
 from monitor.db.engine import make_engine
 from monitor.db.outbox import Outbox
 from monitor.db.store import Store
+from monitor.events import NewEvent
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.dispatcher import Dispatcher
@@ -114,21 +115,25 @@ class App:
         engine = make_engine(settings.database.url, pool_size=settings.twilio.concurrency + 4)
         return cls(settings, engine, Store(engine), Outbox(engine))
 
-    def with_poller(self) -> Poller:
+    def with_poller(self, on_events: Callable[[list[NewEvent]], None] | None = None) -> Poller:
         if self.poller is None:
             self.client = build_client(self.settings)
-            polling = self.settings.polling
+            polling, tw = self.settings.polling, self.settings.twilio
             self.poller = Poller(
                 self.store,
                 self.client,
                 PollPolicy(polling.interval_s, polling.not_found_grace_s),
                 recipients_for(self.settings),
-                concurrency=self.settings.twilio.concurrency,
+                concurrency=tw.concurrency,
                 jitter_s=polling.jitter_s,
                 batch_size=polling.batch_size,
                 use_list=polling.use_list,
-                limiter=RateLimiter(self.settings.twilio.max_requests_per_second),
+                discover=polling.discover,
+                request_deadline_s=getattr(tw, "request_deadline_s", 4.0),
+                limiter=RateLimiter(tw.max_requests_per_second),
                 on_poll=self.metrics.observe_poll,
+                metrics=self.metrics,
+                on_events=on_events,
             )
         return self.poller
 

@@ -45,12 +45,14 @@ from monitor.notify.base import Notifier
 from monitor.outcomes import PollPolicy
 from monitor.sdnotify import SystemdNotifier
 from monitor.service import ConferenceSource
+from monitor.touches import FLUSH_EVERY_S
 from monitor.twilio.errors import TwilioError
+from monitor.twilio.payloads import ConferencePage
 
 log = logging.getLogger("monitor.daemon")
 
-DISCOVER_MIN_S = 5.0  # two list calls per run; no need to discover faster than this
 POLL_TICK_S = 0.25  # how often to look for due watches; due times themselves live in the DB
+SWEEP_TICK_S = 0.25  # how often to look for a due list sweep; due times live in the DB
 MAINTENANCE_TICK_S = 15.0
 SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15s
 # A failing tick (database down) is logged when it starts failing, then at most this often.
@@ -107,9 +109,9 @@ class _TwilioErrorCounter:
             self._count(exc)
             raise
 
-    def list_conferences(self, **kwargs: Any) -> Iterator[Conference]:
+    def list_conference_pages(self, **kwargs: Any) -> Iterator[ConferencePage]:
         try:
-            yield from self._source.list_conferences(**kwargs)
+            yield from self._source.list_conference_pages(**kwargs)
         except TwilioError as exc:
             self._count(exc)
             raise
@@ -141,13 +143,12 @@ class Daemon:
         self.sd = SystemdNotifier.from_environ(environ)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": SchedulerPool(4)},
+            executors={"default": SchedulerPool(8)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.http: HealthServer | None = None
         self.last_poll_at: datetime | None = None
-        # Poll batches and a reload's swap of notifiers and recipients exclude each
-        # other, so no batch routes events with one config and delivers with another.
+        # A reload swaps notifiers, recipients and polling settings as one.
         self._config_lock = threading.Lock()
         self._jobs: dict[str, _JobHealth] = {}
         self._running = 0  # jobs executing now; shutdown waits for it to reach 0
@@ -163,16 +164,9 @@ class Daemon:
     def run(self) -> int:
         self._install_signals()  # first: a SIGTERM during startup still stops cleanly
         require_current_schema(self.app.engine)  # the database answers, the schema is current
-        poller = self.app.with_poller()
+        poller = self.app.with_poller(on_events=lambda _events: self._dispatch_soon())
         poller.source = _TwilioErrorCounter(poller.source, self.app.metrics)
-        observe = poller.on_poll
-
-        def on_poll(outcome: str, seconds: float) -> None:
-            self._progress = time.monotonic()
-            if observe is not None:
-                observe(outcome, seconds)
-
-        poller.on_poll = on_poll
+        self.app.store.health.on_change = self._write_health_changed
         self.app.with_dispatcher()
         watches = self.app.store.watch_counts()
         try:
@@ -220,6 +214,8 @@ class Daemon:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         ticks_done = self._wait_idle(deadline)
+        if ticks_done:
+            self._flush_quietly()
         delivered = True
         if self.app.dispatcher is not None:
             try:
@@ -255,6 +251,19 @@ class Daemon:
         self.sd.close()
         log.info("stopped", extra={"event": "daemon.stopped"})
 
+    def _flush_quietly(self) -> None:
+        """Write the buffered unchanged observations before exiting (counts only)."""
+        if self.app.poller is None:
+            return
+        try:
+            self.app.poller.flush_touches()
+        except Exception as exc:
+            log.warning(
+                "could not write the last observation counts: %s",
+                _short(exc),
+                extra={"event": "daemon.stop_failed"},
+            )
+
     def _wait_idle(self, deadline: float) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._running == 0, timeout=_left(deadline))
@@ -276,17 +285,8 @@ class Daemon:
         watchdog_s = self.sd.watchdog_interval_s()
         if watchdog_s:
             add(self.watchdog_tick, "interval", seconds=watchdog_s, id="watchdog")
-        polling = self.app.settings.polling
-        if polling.discover:
-            every = max(polling.interval_s, DISCOVER_MIN_S)
-            first = datetime.now(UTC)
-            add(
-                self._guard(self.discover_tick),
-                "interval",
-                seconds=every,
-                id="discover",
-                next_run_time=first,
-            )
+        add(self._guard(self.sweep_tick), "interval", seconds=SWEEP_TICK_S, id="sweep")
+        add(self._guard(self.flush_tick), "interval", seconds=FLUSH_EVERY_S, id="flush")
 
     def _guard(self, job: Callable[[], None]) -> Callable[[], None]:
         """Run a tick unless stopping; log failures (database down) once, and recovery."""
@@ -342,33 +342,41 @@ class Daemon:
     # -- ticks -------------------------------------------------------------------------
 
     def poll_tick(self) -> None:
-        poller = self.app.with_poller()
-        while not self.stop_requested.is_set():
-            self._progress = time.monotonic()
-            with self._config_lock:
-                report = poller.poll_due()
-            if report.claimed == 0:
-                return
+        """Fetch what is due one by one, until nothing is due (results recorded as they come)."""
+        report = self.app.with_poller().poll_due(self.stop_requested, self._mark_progress)
+        if report.claimed:
             self.last_poll_at = datetime.now(UTC)
-            self.app.metrics.snapshots_written(report.result.snapshots_written)
-            for event in report.result.events:
-                self.app.metrics.count_transition(event.type)
-            if report.result.events:
-                self._dispatch_soon()
-            if report.claimed < poller.batch_size:
-                return
+
+    def sweep_tick(self) -> None:
+        """Run the list sweeps that are due (`polling.use_list`, `polling.discover`)."""
+        polling = self.app.settings.polling
+        account = self.app.settings.twilio.account_sid
+        accounts = (account,) if polling.discover and account else ()
+        if self.app.with_poller().sweep_due(self.stop_requested, accounts):
+            self.last_poll_at = datetime.now(UTC)
+
+    def flush_tick(self) -> None:
+        """Write the buffered unchanged observations (last seen, counts)."""
+        self.app.with_poller().flush_touches()
+
+    def _mark_progress(self) -> None:
+        self._progress = time.monotonic()
+
+    def _write_health_changed(self, ok: bool) -> None:
+        self.app.metrics.set_writable(ok)
+        problem = self.app.store.health.problem()
+        if problem is not None:
+            self.sd.status(problem)
+            log.error("%s", problem, extra={"event": "database.write_failed"})
+        else:
+            log.info("observations are written again", extra={"event": "database.write_ok"})
+            self._status_quietly()
 
     def _dispatch_soon(self) -> None:
         """New outbox rows: run the dispatch job now rather than at its next tick."""
         job = self.scheduler.get_job("dispatch")
         if job is not None:  # if it is running, this run is skipped (quietly: _SkipMaxInstances)
             job.modify(next_run_time=datetime.now(UTC))
-
-    def discover_tick(self) -> None:
-        """`polling.discover`: watch every active conference of the configured account."""
-        account = self.app.settings.twilio.account_sid
-        if account:
-            self.app.with_poller().discover(account)
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:
@@ -416,6 +424,10 @@ class Daemon:
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else None
         self.app.metrics.set_watches(counts)
         self.app.metrics.set_outbox(backlog, age)
+        problem = self.app.store.health.problem()
+        if problem is not None:
+            self.sd.status(f"{problem}; last poll {last}")
+            return
         self.sd.status(
             f"{counts.get('active', 0)} active watches, last poll {last}, "
             f"{backlog} deliveries pending"
@@ -429,6 +441,9 @@ class Daemon:
         silent_s = time.monotonic() - self._progress
         if silent_s > self.stall_limit_s:
             return False, f"poll loop stalled: no progress for {silent_s:.0f}s"
+        problem = self.app.store.health.problem()
+        if problem is not None:
+            return False, problem
         try:
             with self.app.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -507,10 +522,13 @@ class Daemon:
         polling, dispatch = new.polling, new.dispatch
         with self._config_lock:
             self.app.settings = new
-            poller.policy = PollPolicy(polling.interval_s, polling.not_found_grace_s)
-            poller.jitter_s = polling.jitter_s
-            poller.batch_size = polling.batch_size
-            poller.use_list = polling.use_list
+            poller.configure(
+                PollPolicy(polling.interval_s, polling.not_found_grace_s),
+                recipients,
+                jitter_s=polling.jitter_s,
+                use_list=polling.use_list,
+                discover=polling.discover,
+            )
             dispatcher = self.app.dispatcher
             if dispatcher is not None:
                 dispatcher.lease_s = dispatch.lease_s
@@ -518,7 +536,6 @@ class Daemon:
                 dispatcher.give_up_after_s = dispatch.give_up_after_s
                 dispatcher.retry_delays_s = tuple(dispatch.retry_delays_s)
                 dispatcher.set_notifiers(notifiers)
-            poller.recipients = recipients
         if dispatch.interval_s != old.dispatch.interval_s and self.scheduler.running:
             self.scheduler.reschedule_job(
                 "dispatch", trigger="interval", seconds=dispatch.interval_s

@@ -52,6 +52,9 @@ class EventType(StrEnum):
     STARTED = "conference.started"
     ENDED = "conference.ended"
     IRREGULAR = "conference.irregular"  # backward or unknown status: history only
+    # A second started/ended recorded before version 0.2 (two daemons racing), kept
+    # for history by the migration that made the database refuse them.
+    DUPLICATE = "conference.duplicate"
     WATCH_NOT_FOUND = "watch.not_found"
     WATCH_AUTH_FAILED = "watch.auth_failed"
 

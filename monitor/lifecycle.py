@@ -3,6 +3,12 @@
 No I/O and no clock. The state remembers the last status seen and the highest
 known status ever reached, so a regression (`in-progress` -> `init` ->
 `in-progress`) can never produce a second `conference.started`.
+
+A first observation is a silent baseline, unless the caller knows the status
+was reached after the watch began (`after_watch`): then the watch's start
+stands for an `init` baseline and the status reached since is a transition,
+so a conference that started or ended while the daemon was down, or while
+the database refused writes, is still notified.
 """
 
 from __future__ import annotations
@@ -30,11 +36,20 @@ def _rank(status: str | None) -> int | None:
 
 
 def detect(
-    state: LifecycleState, status: str | None
+    state: LifecycleState, status: str | None, *, after_watch: bool = False
 ) -> tuple[tuple[Transition, ...], LifecycleState]:
-    """Return the transitions implied by observing `status`, and the new state."""
+    """Return the transitions implied by observing `status`, and the new state.
+
+    `after_watch` matters only on first sight: the status was reached after the
+    watch was created, so it is detected against an `init` baseline.
+    """
     if not state.seen:
-        high = status if _rank(status) is not None else None
+        rank = _rank(status)
+        if after_watch and rank is not None and rank > 0:
+            baseline = Transition(EventType.FIRST_SEEN, None, Status.INIT)
+            seen = LifecycleState(Status.INIT, Status.INIT, True)
+            return (baseline, _forward(seen, status)), LifecycleState(status, status, True)
+        high = status if rank is not None else None
         first = Transition(EventType.FIRST_SEEN, None, status)
         return (first,), LifecycleState(status, high, True)
     if status == state.last_status:

@@ -86,6 +86,7 @@ class Metrics:
         self._define_poll_metrics()
         self._define_flow_metrics()
         self._define_config_metrics()
+        self._define_observation_metrics()
         if process_metrics:  # the stock collectors live on the global registry; own copies
             _ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
@@ -155,6 +156,69 @@ class Metrics:
             registry=r,
         )
         self._reload_ok.set(1)  # the daemon only runs after its first load succeeded
+
+    def _define_observation_metrics(self) -> None:
+        r = self.registry
+        self._observed = Counter(
+            f"{PREFIX}_observations",
+            "Conferences received from Twilio, by how (poll: one fetch; list: a sweep).",
+            ["via"],
+            registry=r,
+        )
+        self._persisted = Counter(
+            f"{PREFIX}_observations_persisted",
+            "Observations written to the database: changed (a new snapshot), or unchanged "
+            "(the current snapshot's count, written about once a minute).",
+            ["kind"],
+            registry=r,
+        )
+        self._dropped = Counter(
+            f"{PREFIX}_observations_dropped",
+            "Changed observations not recorded because another observer recorded "
+            "the conference first (a lost compare-and-set) or knew a newer state.",
+            registry=r,
+        )
+        for via in ("poll", "list", "callback"):
+            self._observed.labels(via)
+        for kind in ("changed", "unchanged"):
+            self._persisted.labels(kind)
+        self._writable = Gauge(
+            f"{PREFIX}_database_writable",
+            "1 while observations can be written, 0 after a write failed (disk full, locked, "
+            "read-only) until one succeeds.",
+            registry=r,
+        )
+        self._writable.set(1)
+        self._sweeps = Counter(
+            f"{PREFIX}_sweeps", "List sweeps of an account, by result.", ["result"], registry=r
+        )
+        for result in ("ok", "failed"):
+            self._sweeps.labels(result)
+        self._sweep_seconds = Histogram(
+            f"{PREFIX}_sweep_duration_seconds",
+            "Time one list sweep of an account took.",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+
+    def observed(self, via: str, n: int = 1) -> None:
+        if n:
+            self._observed.labels(via).inc(n)
+
+    def persisted(self, kind: str, n: int = 1) -> None:
+        if n:
+            self._persisted.labels(kind).inc(n)
+
+    def dropped(self, n: int = 1) -> None:
+        if n:
+            self._dropped.inc(n)
+
+    def set_writable(self, ok: bool) -> None:
+        self._writable.set(1 if ok else 0)
+
+    def swept(self, ok: bool, seconds: float) -> None:
+        self._sweeps.labels("ok" if ok else "failed").inc()
+        self._sweep_seconds.observe(max(seconds, 0.0))
 
     def observe_poll(self, outcome: str, seconds: float) -> None:
         """Record one finished poll: its outcome, how long it took, and when."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from monitor.db.store import Miss, Observation, WatchState
-from monitor.domain import Conference, EventType
+from monitor.domain import Conference, EventType, Status
 from monitor.events import NewEvent, transition_event, watch_event, with_notifiers
 from monitor.lifecycle import detect
 
@@ -30,16 +30,45 @@ class PollPolicy:
     not_found_grace_s: float
 
 
+ACTIVE_STATUSES = frozenset({Status.INIT, Status.IN_PROGRESS})
+
+
 def observation(
-    watch: WatchState, conference: Conference, now: datetime, via: str, recipients: Recipients
+    watch: WatchState,
+    conference: Conference,
+    observed_at: datetime,
+    via: str,
+    recipients: Recipients,
+    *,
+    use_list: bool = False,
+    discovered: bool = False,
 ) -> Observation:
-    """Detect transitions and attach each event's notifiers."""
-    transitions, state = detect(watch.lifecycle, conference.status)
+    """Detect transitions and attach each event's notifiers.
+
+    `observed_at` is when the state was current (a request's start). With
+    `use_list`, an active conference is handed to its account's list sweep. A
+    watch `discovered` by this very observation has nothing to compare with:
+    its first sight is a baseline.
+    """
+    after = not discovered and reached_after_watch(conference, watch.created_at)
+    transitions, state = detect(watch.lifecycle, conference.status, after_watch=after)
     events: list[NewEvent] = []
     for transition in transitions:
-        event = transition_event(conference, transition, now, via)
+        event = transition_event(conference, transition, observed_at, via)
         events.append(with_notifiers(event, recipients(event.type, event.data)))
-    return Observation(watch, conference, now, via, state, tuple(events))
+    mode = "list" if use_list and conference.status in ACTIVE_STATUSES else "fetch"
+    return Observation(watch, conference, observed_at, via, state, tuple(events), mode)
+
+
+def reached_after_watch(conference: Conference, watch_created_at: datetime) -> bool:
+    """Whether the conference's current status was reached after the watch began.
+
+    Twilio's dates have whole seconds, so a change in the watch's own second
+    counts as after it: a missed alert is worse than an alert for a conference
+    that changed in the very second it was watched.
+    """
+    when = conference.date_updated or conference.date_created
+    return when is not None and when >= watch_created_at.replace(microsecond=0)
 
 
 def not_found(watch: WatchState, now: datetime, policy: PollPolicy, recipients: Recipients) -> Miss:
@@ -68,7 +97,16 @@ def not_found(watch: WatchState, now: datetime, policy: PollPolicy, recipients: 
         detail=detail,
     )
     event = with_notifiers(event, recipients(event.type, event.data))
-    return Miss(watch.sid, now, detail, now, first, new_status="not_found", events=(event,))
+    return Miss(
+        watch.sid,
+        now,
+        detail,
+        now,
+        first,
+        new_status="not_found",
+        events=(event,),
+        version=watch.version,
+    )
 
 
 def failed(watch: WatchState, now: datetime, error: str, retry_in_s: float) -> Miss:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -56,12 +57,23 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+ONCE_PER_CONFERENCE = "type IN ('conference.started', 'conference.ended')"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
 class Watch(Base):
-    """A conference SID being watched, its lifecycle state and when it is next due."""
+    """A conference SID being watched, its lifecycle state and when it is next due.
+
+    `version` is the compare-and-set token: every write of a new state checks
+    the version it was detected from, so two observers (daemons, `poll`,
+    callbacks) can never both record the same transition. `observed_at` is when
+    the recorded state was current, so an observation older than it is stale.
+    `mode` says who observes an active watch: `fetch` (one request each, claimed
+    with a lease) or `list` (the account's list sweep).
+    """
 
     __tablename__ = "watches"
 
@@ -79,8 +91,16 @@ class Watch(Base):
     first_not_found_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     consecutive_errors: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    observed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    mode: Mapped[str] = mapped_column(String(8), default="fetch", server_default="fetch")
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index(None, "status", "next_poll_at"),)
+    __table_args__ = (
+        Index(None, "status", "mode", "next_poll_at"),
+        Index(None, "account_sid", "status", "mode"),
+    )
 
 
 class Snapshot(Base):
@@ -130,6 +150,16 @@ class Event(Base):
         Index(None, "occurred_at"),
         Index(None, "conference_sid", "occurred_at"),
         Index(None, "type", "occurred_at"),
+        # The last line of "never twice": one started and one ended per conference,
+        # whatever races the code loses.
+        Index(
+            "uq_events_transition_once",
+            "conference_sid",
+            "type",
+            unique=True,
+            sqlite_where=text(ONCE_PER_CONFERENCE),
+            postgresql_where=text(ONCE_PER_CONFERENCE),
+        ),
     )
 
 
@@ -193,4 +223,26 @@ class AccountState(Base):
 
     account_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
     auth_failed_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AccountSweep(Base):
+    """The list sweep of one account: when it is next due and who is running it.
+
+    Instances elect the sweeper with a compare-and-set on this row (due, and no
+    live lease), so an account is listed once per interval across all of them;
+    a sweeper that dies loses its lease and another takes over.
+    """
+
+    __tablename__ = "account_sweeps"
+
+    account_sid: Mapped[str] = mapped_column(String(34), primary_key=True)
+    next_sweep_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    listed: Mapped[int | None] = mapped_column(Integer)
+    missing: Mapped[int | None] = mapped_column(Integer)
+    pages: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)

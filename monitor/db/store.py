@@ -1,34 +1,48 @@
-"""The only module that writes SQL: watches, observations, events and the outbox.
+"""The SQL of observing: watches, their claims, and recording what was seen.
 
-Every observation batch is one transaction: snapshots, their events and the
-events' outbox rows land together or not at all. Claims use
-`FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite ignores it, and takes one
-writer at a time through `BEGIN IMMEDIATE`).
+Every batch of outcomes is one transaction: snapshots, their events and the
+events' outbox rows land together or not at all. A change is recorded only by
+compare-and-set on the watch's `version` (and only if nothing newer was
+recorded since), so any number of daemons, `poll` commands and callbacks can
+observe one conference and exactly one of them records each transition; the
+unique index on events is the last line behind that. Claims for one-by-one
+fetches take a lease (`lease_owner`, `lease_until`) and, on PostgreSQL,
+`FOR UPDATE SKIP LOCKED`.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, Table, Update, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.dml import Insert
 
-from monitor.db.models import AccountState, Delivery, Event, Snapshot, Watch
+from monitor.db.models import AccountState, AccountSweep, Delivery, Event, Snapshot, Watch
 from monitor.domain import Conference
 from monitor.events import NewEvent
 from monitor.lifecycle import LifecycleState
 
 ACCOUNTS = cast(Table, AccountState.__table__)
+SWEEPS = cast(Table, AccountSweep.__table__)
 W, S, E, D = (cast(Table, m.__table__) for m in (Watch, Snapshot, Event, Delivery))
+
+CHUNK = 500  # rows per IN list or executemany, well under every driver's parameter limit
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class WatchState:
-    """What a poll needs to know about a watch it has claimed."""
+    """What detection needs to know about a watch: its state and the version it was read at."""
 
     sid: str
     account_sid: str
@@ -37,11 +51,21 @@ class WatchState:
     current_snapshot_id: int | None
     current_hash: str | None
     first_not_found_at: datetime | None
+    version: int = 0
+    observed_at: datetime | None = None
+    mode: str = "fetch"
+    status: str = "active"
+    consecutive_errors: int = 0
 
 
 @dataclass(frozen=True)
 class Observation:
-    """A successful fetch, ready to persist: new snapshot or a bump of the current one."""
+    """A conference whose resource changed, ready to record against `watch.version`.
+
+    `observed_at` is when the state was current (the request's start, or a
+    callback's time); `mode` is who observes the watch next (`list` hands an
+    active watch to its account's sweep).
+    """
 
     watch: WatchState
     conference: Conference
@@ -49,11 +73,16 @@ class Observation:
     detected_via: str
     lifecycle: LifecycleState
     events: tuple[NewEvent, ...]
+    mode: str = "fetch"
 
 
 @dataclass(frozen=True)
 class Miss:
-    """A failed poll: reschedule, record the error, maybe end the watch with an event."""
+    """A failed poll: reschedule, record the error, maybe end the watch with an event.
+
+    A miss that ends the watch (`new_status`) is recorded by compare-and-set on
+    `version`, like an observation; other misses only annotate the watch.
+    """
 
     sid: str
     at: datetime
@@ -62,130 +91,397 @@ class Miss:
     first_not_found_at: datetime | None = None
     new_status: str | None = None  # e.g. "not_found"
     events: tuple[NewEvent, ...] = ()
+    version: int | None = None
+
+
+@dataclass
+class Batch:
+    """Outcomes to record in one transaction."""
+
+    changes: list[Observation] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)
+    auth_failures: list[NewEvent] = field(default_factory=list)
+    ok_accounts: set[str] = field(default_factory=set)
+    # Unchanged observations whose watch row needs a write anyway (a lease to
+    # drop, a mode to switch, errors to clear): sid -> mode to leave it in.
+    seen: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None  # the lease holder, for `seen` rows claimed by a fetch
+
+    def __bool__(self) -> bool:
+        return bool(self.changes or self.misses or self.auth_failures or self.seen)
 
 
 @dataclass
 class BatchResult:
     snapshots_written: int = 0
-    observations: int = 0
+    observations: int = 0  # changes recorded
+    dropped: int = 0  # changes that lost the race to another observer, or were stale
     events: list[NewEvent] = field(default_factory=list)
     recovered_accounts: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Unchanged observations of one snapshot, written together (see `TouchBuffer`)."""
+
+    snapshot_id: int
+    sid: str
+    last_seen: datetime
+    count: int
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class WriteHealth:
+    """Whether the last write transaction succeeded: readiness tells the truth with it.
+
+    A full disk, a read-only file or a lock held too long fail writes while
+    reads (and `SELECT 1`) still work; the daemon must not look healthy then.
+    """
+
+    def __init__(self, on_change: Callable[[bool], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.on_change = on_change
+        self.failing_since: float | None = None  # time.time() of the first failure in a row
+        self.reason = ""
+
+    def ok(self) -> None:
+        if self.failing_since is None:
+            return
+        with self._lock:
+            self.failing_since, self.reason = None, ""
+        if self.on_change:
+            self.on_change(True)
+
+    def failed(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with self._lock:
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            self.reason = first[:200]
+        if self.on_change:
+            self.on_change(False)
+
+    def problem(self) -> str | None:
+        with self._lock:
+            if self.failing_since is None:
+                return None
+            since = time.strftime("%H:%M:%S", time.gmtime(self.failing_since))
+            return f"observations cannot be written (since {since} UTC): {self.reason}"
 
 
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
+        self.health = WriteHealth()
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction whose success or failure `health` remembers."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            self.health.failed(exc)
+            raise
+        self.health.ok()
 
     def read(self) -> Connection:
         """A connection for reading; on SQLite it does not take the write lock."""
         return self.engine.connect().execution_options(readonly=True)
 
+    def insert_ignoring_conflicts(self, table: Table) -> Insert:
+        """INSERT ... ON CONFLICT DO NOTHING, which both dialects spell alike."""
+        dialect = postgresql if self.is_postgres else sqlite
+        return dialect.insert(table).on_conflict_do_nothing()
+
     # -- watches -------------------------------------------------------------------
 
     def add_watches(
-        self, sids: Sequence[str], account_sid: str, label: str | None, now: datetime
+        self,
+        sids: Sequence[str],
+        account_sid: str,
+        label: str | None,
+        now: datetime,
+        *,
+        mode: str = "fetch",
     ) -> list[str]:
-        """Insert the SIDs not yet watched (re-activating none); returns those added."""
-        with self.engine.begin() as conn:
-            existing = set(conn.scalars(select(W.c.sid).where(W.c.sid.in_(sids))))
-            fresh = [s for s in dict.fromkeys(sids) if s not in existing]
-            if fresh:
-                conn.execute(insert(W), [_new_watch(s, account_sid, label, now) for s in fresh])
-        return fresh
+        """Insert the SIDs not yet watched; returns those added, in the order given.
+
+        Linear in the number of SIDs, and safe against a concurrent add of the
+        same SID (the primary key decides, the loser adds nothing).
+        """
+        unique = list(dict.fromkeys(sids))
+        added: set[str] = set()
+        with self.writing() as conn:
+            for part in chunks(unique):
+                rows = [_new_watch(s, account_sid, label, now, mode) for s in part]
+                stmt = self.insert_ignoring_conflicts(W).returning(W.c.sid)
+                added.update(conn.execute(stmt, rows).scalars())
+            if added:
+                self._ensure_sweep_row(conn, account_sid, now)
+        return [s for s in unique if s in added]
+
+    def _ensure_sweep_row(self, conn: Connection, account_sid: str, now: datetime) -> None:
+        row = {"account_sid": account_sid, "next_sweep_at": now}
+        conn.execute(self.insert_ignoring_conflicts(SWEEPS), [row])
 
     def remove_watches(self, sids: Sequence[str]) -> list[str]:
-        with self.engine.begin() as conn:
-            found = list(conn.scalars(select(W.c.sid).where(W.c.sid.in_(sids))))
-            conn.execute(delete(W).where(W.c.sid.in_(found)))
+        found: list[str] = []
+        with self.writing() as conn:
+            for part in chunks(list(dict.fromkeys(sids))):
+                hit = list(conn.scalars(select(W.c.sid).where(W.c.sid.in_(part))))
+                conn.execute(delete(W).where(W.c.sid.in_(hit)))
+                found += hit
         return found
 
     def list_watches(self, status: str | None = None) -> list[dict[str, object]]:
-        query = select(W).order_by(W.c.created_at, W.c.sid)
+        """Watches, with `last_polled_at` brought up to the account's last sweep for
+        watches the sweep observes (their own row is written at most once a minute)."""
+        query = (
+            select(W, SWEEPS.c.completed_at.label("sweep_completed_at"))
+            .outerjoin(SWEEPS, SWEEPS.c.account_sid == W.c.account_sid)
+            .order_by(W.c.created_at, W.c.sid)
+        )
         if status:
             query = query.where(W.c.status == status)
         with self.read() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        for row in rows:
+            swept = row.pop("sweep_completed_at")
+            last = row["last_polled_at"]
+            if row["mode"] == "list" and row["status"] == "active" and swept is not None:
+                row["last_polled_at"] = swept if last is None else max(last, swept)
+            for private in ("lease_owner", "lease_until", "version", "observed_at"):
+                row.pop(private, None)
+        return rows
 
     def watch_counts(self) -> dict[str, int]:
         with self.read() as conn:
             rows = conn.execute(select(W.c.status, func.count()).group_by(W.c.status))
             return {status: count for status, count in rows}
 
+    def get_watch(self, sid: str) -> WatchState | None:
+        return self.watch_states([sid]).get(sid)
+
+    def watch_states(self, sids: Sequence[str]) -> dict[str, WatchState]:
+        found: dict[str, WatchState] = {}
+        with self.read() as conn:
+            for part in chunks(list(sids)):
+                for row in conn.execute(select(W).where(W.c.sid.in_(part))):
+                    found[row.sid] = watch_state(row)
+        return found
+
     def claim_due_watches(
-        self, now: datetime, limit: int, interval_s: float, jitter_s: float
+        self,
+        now: datetime,
+        limit: int,
+        interval_s: float,
+        jitter_s: float,
+        *,
+        owner: str = "",
+        lease_s: float = 30.0,
+        fetch_mode_only: bool = False,
     ) -> list[WatchState]:
-        """Take due watches and push their next_poll_at forward: the push is the lease."""
+        """Take due watches for one-by-one fetching: a lease, and the next due time.
+
+        A watch is due when `next_poll_at` has come and nobody holds a live lease
+        on it; with `fetch_mode_only`, watches the list sweep observes are left alone.
+        """
         query = (
             select(W)
-            .where(W.c.status == "active", W.c.next_poll_at <= now)
+            .where(
+                W.c.status == "active",
+                W.c.next_poll_at <= now,
+                (W.c.lease_until.is_(None)) | (W.c.lease_until < now),
+            )
             .order_by(W.c.next_poll_at)
             .limit(limit)
         )
+        if fetch_mode_only:
+            query = query.where(W.c.mode == "fetch")
         if self.is_postgres:
             query = query.with_for_update(skip_locked=True)
-        with self.engine.begin() as conn:
+        lease_until = now + timedelta(seconds=lease_s)
+        with self.writing() as conn:
             rows = conn.execute(query).all()
             if rows:
-                params = [
-                    {"k": r.sid, "n": _next_due(r.next_poll_at, now, interval_s, jitter_s)}
-                    for r in rows
-                ]
-                conn.execute(_reschedule_stmt(), params)
-        return [_watch_state(r) for r in rows]
+                conn.execute(
+                    update(W)
+                    .where(W.c.sid == bindparam("k"))
+                    .values(
+                        next_poll_at=bindparam("n"), lease_owner=owner, lease_until=lease_until
+                    ),
+                    [
+                        {"k": r.sid, "n": _next_due(r.next_poll_at, now, interval_s, jitter_s)}
+                        for r in rows
+                    ],
+                )
+        return [watch_state(r) for r in rows]
 
-    def get_watch(self, sid: str) -> WatchState | None:
-        with self.read() as conn:
-            row = conn.execute(select(W).where(W.c.sid == sid)).first()
-        return _watch_state(row) if row else None
+    def release(self, sids: Sequence[str], owner: str) -> None:
+        """Drop our lease on watches we claimed but will not fetch (stopping)."""
+        with self.writing() as conn:
+            for part in chunks(list(sids)):
+                conn.execute(
+                    update(W)
+                    .where(W.c.sid.in_(part), W.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_until=None)
+                )
 
-    # -- observations ---------------------------------------------------------------
+    # -- recording -----------------------------------------------------------------
 
-    def record(
-        self,
-        observations: Sequence[Observation],
-        misses: Sequence[Miss] = (),
-        auth_failures: Sequence[NewEvent] = (),
-        ok_accounts: Iterable[str] = (),
-    ) -> BatchResult:
-        """Persist a batch of poll outcomes in one transaction.
+    def record(self, batch: Batch, now: datetime) -> BatchResult:
+        """Persist a batch of outcomes in one transaction.
 
-        `auth_failures` are candidate `watch.auth_failed` events, one per account;
-        each is written only if it starts a new episode, in the same transaction
-        that marks the episode, so the mark never exists without its event.
-        Accounts in `ok_accounts` end their episode.
+        Changes that lose the compare-and-set are dropped and counted. Candidate
+        `watch.auth_failed` events are written only if they start a new episode
+        for their account, in the transaction that marks the episode.
         """
-        result = BatchResult(observations=len(observations))
-        with self.engine.begin() as conn:
-            touches = [o for o in observations if o.conference.content_hash == o.watch.current_hash]
-            changed = [o for o in observations if o.conference.content_hash != o.watch.current_hash]
-            if touches:
-                _touch_snapshots(conn, touches)
-            for obs in changed:
-                _write_snapshot(conn, obs)
-                result.events.extend(obs.events)
-            result.snapshots_written = len(changed)
-            for miss in misses:
-                _write_miss(conn, miss)
-            new_episodes = [e for e in auth_failures if _start_auth_episode(conn, e)]
-            late = [*[e for m in misses for e in m.events], *new_episodes]
-            _write_events(conn, late)
-            result.events.extend(late)
-            result.recovered_accounts = _end_auth_episodes(conn, ok_accounts)
+        result = BatchResult()
+        with self.writing() as conn:
+            for obs in batch.changes:
+                if self._write_change(conn, obs, now, result):
+                    result.observations += 1
+                else:
+                    result.dropped += 1
+            self._write_seen(conn, batch.seen, batch.owner, now)
+            for miss in batch.misses:
+                if _write_miss(conn, miss, batch.owner):
+                    result.events.extend(self._write_events(conn, miss.events))
+            for event in batch.auth_failures:
+                if _start_auth_episode(conn, event):
+                    result.events.extend(self._write_events(conn, [event]))
+            result.recovered_accounts = _end_auth_episodes(conn, batch.ok_accounts)
         return result
 
-    def failing_accounts(self) -> set[str]:
-        table = ACCOUNTS
-        with self.read() as conn:
-            return set(
-                conn.scalars(
-                    select(table.c.account_sid).where(table.c.auth_failed_since.is_not(None))
-                )
+    def _write_change(
+        self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
+    ) -> bool:
+        c, w, state = obs.conference, obs.watch, obs.lifecycle
+        newer_known = W.c.observed_at.is_not(None) & (W.c.observed_at > obs.observed_at)
+        claimed = conn.execute(
+            update(W)
+            .where(W.c.sid == c.sid, W.c.version == w.version, ~newer_known)
+            .values(
+                version=w.version + 1,
+                observed_at=obs.observed_at,
+                last_polled_at=now,
+                last_status=state.last_status,
+                high_status=state.high_status,
+                current_hash=c.content_hash,
+                first_not_found_at=None,
+                last_error=None,
+                consecutive_errors=0,
+                status="completed" if state.terminal else "active",
+                mode=obs.mode,
+                lease_owner=None,
+                lease_until=None,
             )
+        ).rowcount
+        if not claimed:
+            return False
+        snapshot_id = _insert_snapshot(conn, obs)
+        conn.execute(update(W).where(W.c.sid == c.sid).values(current_snapshot_id=snapshot_id))
+        result.snapshots_written += 1
+        result.events.extend(self._write_events(conn, obs.events, snapshot_id))
+        return True
 
-    def write_events(self, events: Sequence[NewEvent]) -> None:
-        with self.engine.begin() as conn:
-            _write_events(conn, events)
+    def _write_seen(
+        self, conn: Connection, seen: dict[str, str], owner: str | None, now: datetime
+    ) -> None:
+        """One statement per mode: clear errors, set the mode, drop our lease if held."""
+        by_mode: dict[str, list[str]] = {}
+        for sid, mode in seen.items():
+            by_mode.setdefault(mode, []).append(sid)
+        ours = W.c.lease_owner == (owner or "")
+        for mode, sids in by_mode.items():
+            for part in chunks(sids):
+                conn.execute(
+                    update(W)
+                    .where(W.c.sid.in_(part), W.c.status == "active")
+                    .values(
+                        mode=mode,
+                        last_polled_at=now,
+                        last_error=None,
+                        consecutive_errors=0,
+                        first_not_found_at=None,
+                        lease_owner=case((ours, None), else_=W.c.lease_owner),
+                        lease_until=case((ours, None), else_=W.c.lease_until),
+                    )
+                )
+
+    def _write_events(
+        self, conn: Connection, events: Iterable[NewEvent], snapshot_id: int | None = None
+    ) -> list[NewEvent]:
+        """Insert events (a second started/ended of a conference is refused by the
+        unique index and skipped) and the outbox rows of those written."""
+        written: list[NewEvent] = []
+        for event in events:
+            stmt = self.insert_ignoring_conflicts(E).returning(E.c.id)
+            if conn.execute(stmt, [_event_row(event, snapshot_id)]).first() is not None:
+                written.append(event)
+        outbox = [_delivery_row(e, name) for e in written for name in e.notifiers]
+        if outbox:
+            conn.execute(D.insert(), outbox)
+        return written
+
+    def write_events(self, events: Sequence[NewEvent]) -> list[NewEvent]:
+        with self.writing() as conn:
+            return self._write_events(conn, events)
+
+    def flush_touches(self, touches: Sequence[Touch]) -> None:
+        """Move last-seen times and observation counts of unchanged snapshots forward."""
+        later = case(
+            (S.c.last_observed_at < bindparam("t"), bindparam("t")), else_=S.c.last_observed_at
+        )
+        polled = case(
+            (W.c.last_polled_at.is_(None), bindparam("t")),
+            (W.c.last_polled_at < bindparam("t"), bindparam("t")),
+            else_=W.c.last_polled_at,
+        )
+        for part in chunks(touches, 2000):  # short transactions: never hold SQLite's lock long
+            with self.writing() as conn:
+                conn.execute(
+                    update(S)
+                    .where(S.c.id == bindparam("k"))
+                    .values(
+                        last_observed_at=later,
+                        observation_count=S.c.observation_count + bindparam("n"),
+                    ),
+                    [{"k": t.snapshot_id, "t": t.last_seen, "n": t.count} for t in part],
+                )
+                conn.execute(
+                    update(W).where(W.c.sid == bindparam("k")).values(last_polled_at=polled),
+                    [{"k": t.sid, "t": t.last_seen} for t in part],
+                )
+
+    def failing_accounts(self) -> set[str]:
+        with self.read() as conn:
+            failing = ACCOUNTS.c.auth_failed_since.is_not(None)
+            return set(conn.scalars(select(ACCOUNTS.c.account_sid).where(failing)))
+
+
+def watch_state(r: Any) -> WatchState:
+    """A watches row as the value detection works with."""
+    return WatchState(
+        sid=r.sid,
+        account_sid=r.account_sid,
+        created_at=r.created_at,
+        lifecycle=LifecycleState(r.last_status, r.high_status, r.current_snapshot_id is not None),
+        current_snapshot_id=r.current_snapshot_id,
+        current_hash=r.current_hash,
+        first_not_found_at=r.first_not_found_at,
+        version=r.version,
+        observed_at=r.observed_at,
+        mode=r.mode,
+        status=r.status,
+        consecutive_errors=r.consecutive_errors,
+    )
 
 
 def _start_auth_episode(conn: Connection, event: NewEvent) -> bool:
@@ -196,7 +492,7 @@ def _start_auth_episode(conn: Connection, event: NewEvent) -> bool:
         return False
     values = {"auth_failed_since": event.occurred_at, "last_error": event.data.get("detail")}
     if row is None:
-        conn.execute(insert(ACCOUNTS).values(account_sid=account, **values))
+        conn.execute(ACCOUNTS.insert().values(account_sid=account, **values))
     else:
         conn.execute(update(ACCOUNTS).where(ACCOUNTS.c.account_sid == account).values(**values))
     return True
@@ -225,11 +521,9 @@ def _next_due(due: datetime, now: datetime, interval_s: float, jitter_s: float) 
     return due + step if due + step > now else now + step
 
 
-def _reschedule_stmt() -> Update:
-    return update(W).where(W.c.sid == bindparam("k")).values(next_poll_at=bindparam("n"))
-
-
-def _new_watch(sid: str, account_sid: str, label: str | None, now: datetime) -> dict[str, object]:
+def _new_watch(
+    sid: str, account_sid: str, label: str | None, now: datetime, mode: str
+) -> dict[str, object]:
     return {
         "sid": sid,
         "account_sid": account_sid,
@@ -238,105 +532,56 @@ def _new_watch(sid: str, account_sid: str, label: str | None, now: datetime) -> 
         "created_at": now,
         "next_poll_at": now,
         "consecutive_errors": 0,
+        "version": 0,
+        "mode": mode,
     }
 
 
-def _watch_state(r: Any) -> WatchState:
-    """A watches row as the value a poll works with."""
-    return WatchState(
-        sid=r.sid,
-        account_sid=r.account_sid,
-        created_at=r.created_at,
-        lifecycle=LifecycleState(r.last_status, r.high_status, r.current_snapshot_id is not None),
-        current_snapshot_id=r.current_snapshot_id,
-        current_hash=r.current_hash,
-        first_not_found_at=r.first_not_found_at,
-    )
-
-
-def _touch_snapshots(conn: Connection, touches: Sequence[Observation]) -> None:
-    conn.execute(
-        update(S)
-        .where(S.c.id == bindparam("k"))
-        .values(last_observed_at=bindparam("t"), observation_count=S.c.observation_count + 1),
-        [{"k": o.watch.current_snapshot_id, "t": o.observed_at} for o in touches],
-    )
-    conn.execute(
-        update(W)
-        .where(W.c.sid == bindparam("k"))
-        .values(
-            last_polled_at=bindparam("t"),
-            last_error=None,
-            consecutive_errors=0,
-            first_not_found_at=None,
-        ),
-        [{"k": o.watch.sid, "t": o.observed_at} for o in touches],
-    )
-
-
-def _write_snapshot(conn: Connection, obs: Observation) -> None:
+def _insert_snapshot(conn: Connection, obs: Observation) -> int:
     c = obs.conference
-    snapshot_id = conn.execute(
-        insert(S)
-        .values(
-            conference_sid=c.sid,
-            account_sid=c.account_sid,
-            status=c.status,
-            friendly_name=c.friendly_name,
-            region=c.region,
-            reason_conference_ended=c.reason_conference_ended,
-            call_sid_ending_conference=c.call_sid_ending_conference,
-            date_created=c.date_created,
-            date_updated=c.date_updated,
-            content_hash=c.content_hash,
-            raw_json=c.raw_json(),
-            detected_via=obs.detected_via,
-            first_observed_at=obs.observed_at,
-            last_observed_at=obs.observed_at,
-            observation_count=1,
-        )
-        .returning(S.c.id)
-    ).scalar_one()
-    state = obs.lifecycle
-    conn.execute(
-        update(W)
-        .where(W.c.sid == c.sid)
-        .values(
-            last_polled_at=obs.observed_at,
-            last_status=state.last_status,
-            high_status=state.high_status,
-            current_snapshot_id=snapshot_id,
-            current_hash=c.content_hash,
-            first_not_found_at=None,
-            last_error=None,
-            consecutive_errors=0,
-            status="completed" if state.terminal else "active",
-        )
+    return int(
+        conn.execute(
+            S.insert()
+            .values(
+                conference_sid=c.sid,
+                account_sid=c.account_sid,
+                status=c.status,
+                friendly_name=c.friendly_name,
+                region=c.region,
+                reason_conference_ended=c.reason_conference_ended,
+                call_sid_ending_conference=c.call_sid_ending_conference,
+                date_created=c.date_created,
+                date_updated=c.date_updated,
+                content_hash=c.content_hash,
+                raw_json=c.raw_json(),
+                detected_via=obs.detected_via,
+                first_observed_at=obs.observed_at,
+                last_observed_at=obs.observed_at,
+                observation_count=1,
+            )
+            .returning(S.c.id)
+        ).scalar_one()
     )
-    _write_events(conn, obs.events, snapshot_id)
 
 
-def _write_miss(conn: Connection, miss: Miss) -> None:
+def _write_miss(conn: Connection, miss: Miss, owner: str | None) -> bool:
+    """Annotate the watch; a miss that ends it must win the compare-and-set."""
     values: dict[str, object] = {
         "next_poll_at": miss.next_poll_at,
         "last_error": miss.error,
         "consecutive_errors": W.c.consecutive_errors + 1,
         "first_not_found_at": miss.first_not_found_at,
     }
+    where = [W.c.sid == miss.sid]
     if miss.new_status:
         values["status"] = miss.new_status
-    conn.execute(update(W).where(W.c.sid == miss.sid).values(**values))
-
-
-def _write_events(
-    conn: Connection, events: Sequence[NewEvent], snapshot_id: int | None = None
-) -> None:
-    if not events:
-        return
-    conn.execute(insert(E), [_event_row(e, snapshot_id) for e in events])
-    outbox = [_delivery_row(e, name) for e in events for name in e.notifiers]
-    if outbox:
-        conn.execute(insert(D), outbox)
+        if miss.version is not None:
+            values["version"] = miss.version + 1
+            where.append(W.c.version == miss.version)
+    if owner is not None:
+        where.append(W.c.lease_owner == owner)
+        values.update(lease_owner=None, lease_until=None)
+    return bool(conn.execute(update(W).where(*where).values(**values)).rowcount)
 
 
 def _event_row(e: NewEvent, snapshot_id: int | None) -> dict[str, object]:

@@ -180,6 +180,20 @@ class TwilioClient:
             params["DateCreated>="] = date_created_after.strftime("%Y-%m-%d")
         return self._iter_pages(self._account_url(account_sid) + "/Conferences.json", params)
 
+    def list_conference_pages(
+        self, *, status: str | None = None, account_sid: str | None = None
+    ) -> Iterator[ConferencePage]:
+        """Every page of the listing, as it arrives."""
+        params = {"PageSize": str(MAX_PAGE_SIZE)}
+        if status is not None:
+            params["Status"] = status
+        url = self._account_url(account_sid) + "/Conferences.json"
+        page: ConferencePage = self._call("list", "GET", url, None, _parse_page, params=params)
+        yield page
+        while page.next_page_uri:
+            page = self._call("list", "GET", self.base_url + page.next_page_uri, None, _parse_page)
+            yield page
+
     def verify_credentials(self, account_sid: str | None = None) -> None:
         """One cheap list call; raises `CredentialsRejected` (or another TwilioError)."""
         url = self._account_url(account_sid) + "/Conferences.json"

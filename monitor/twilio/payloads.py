@@ -49,6 +49,7 @@ class ConferencePage:
     next_page_uri: str | None
     page: int | None
     page_size: int | None
+    items: tuple[dict[str, Any], ...] = ()  # the raw objects, in page order
 
 
 def parse_conference(obj: object) -> Conference:
@@ -86,11 +87,29 @@ def parse_conference_page(obj: object) -> ConferencePage:
             where = f"conferences[{index}]" + (f".{exc.field}" if exc.field else "")
             raise PayloadError(f"{where}: {exc}", field=where) from None
     return ConferencePage(
+        items=tuple(items),
         conferences=tuple(conferences),
         next_page_uri=_text(obj, "next_page_uri", None),
         page=_integer(obj, "page"),
         page_size=_integer(obj, "page_size"),
     )
+
+
+def listed_sid(item: object) -> str | None:
+    """The sid of a listed item, if it has a well-formed one."""
+    sid = item.get("sid") if isinstance(item, dict) else None
+    return sid if isinstance(sid, str) and CONFERENCE_SID_RE.match(sid) else None
+
+
+def parse_listed(item: object, account_sid: str) -> Conference:
+    """A listed item as a `Conference`; it must belong to the account listed."""
+    conference = parse_conference(item)
+    if conference.account_sid is not None and conference.account_sid != account_sid:
+        raise PayloadError(
+            f"field 'account_sid' is {conference.account_sid}, listed for {account_sid}",
+            field="account_sid",
+        )
+    return conference
 
 
 def format_rfc2822(dt: datetime) -> str:

@@ -349,8 +349,9 @@ def test_sighup_keeps_old_config_when_broken_and_applies_a_new_notifier(
         assert metric(port, "conference_monitor_config_reloads_total", result="failure") == 1
         assert metric(port, "conference_monitor_config_reloads_total", result="success") == 0
         assert metric(port, "conference_monitor_config_last_reload_success") == 0
-        polls = metric(port, "conference_monitor_polls_total", outcome="ok")
-        wait_metric(port, "conference_monitor_polls_total", polls, outcome="ok")
+        # Polling goes on (the list sweep observes the watched conference now).
+        seen = metric(port, "conference_monitor_observations_total", via="list")
+        wait_metric(port, "conference_monitor_observations_total", seen, via="list")
 
         # A new webhook notifier: the next event reaches it.
         write_config(tmp_path, sim_url=server.url, db_url=db, hook_url=hook.url, extra=HTTP)
@@ -409,7 +410,8 @@ def test_readyz_follows_the_database_and_a_hung_poll_stops_the_watchdog(
 
             # Counters move as polls happen.
             ok = wait_metric(port, "conference_monitor_polls_total", 0, outcome="ok")
-            wait_metric(port, "conference_monitor_polls_total", ok, outcome="ok")
+            listed = wait_metric(port, "conference_monitor_observations_total", 0, via="list")
+            wait_metric(port, "conference_monitor_observations_total", listed, via="list")
             wait_metric(port, "conference_monitor_twilio_errors_total", 0, code="20404")
             wait_metric(port, "conference_monitor_polls_total", 0, outcome="not_found")
             assert metric(port, "conference_monitor_snapshots_written_total") >= 1

@@ -85,7 +85,7 @@ def poll_until(poller: Poller, done: object, timeout: float = 10.0) -> None:
 def test_429_is_retried_within_the_poll(
     app: App, ctl: SimulatorControl, retry_after: int | None
 ) -> None:
-    sid = ctl.create_conference(status="in-progress")["sid"]
+    sid = ctl.create_conference(status="init")["sid"]
     ctl.add_fault("429", count=1, **({"retry_after": retry_after} if retry_after else {}))
     report = app.with_poller().poll_sids([sid], ACCOUNT)
     assert report.outcomes == {"ok": 1}
@@ -186,20 +186,52 @@ def test_rejected_credentials_give_one_event_and_polling_resumes(
         good.close()
 
 
-def test_many_due_watches_are_observed_by_list(app: App, ctl: SimulatorControl) -> None:
+def test_watches_are_handed_to_the_list_sweep_and_back(app: App, ctl: SimulatorControl) -> None:
     sids = [ctl.create_conference(status="in-progress")["sid"] for _ in range(8)]
     done = ctl.create_conference(status="completed")["sid"]
-    report = app.with_poller().poll_sids([*sids, done], ACCOUNT)
-    assert report.outcomes == {"ok": 9}
-    stats = ctl.stats()["by_kind"]
-    assert stats["list"] == 2 and stats["fetch"] == 1  # the completed one is fetched
+    poller = app.with_poller()
+    assert poller.poll_sids([*sids, done], ACCOUNT).outcomes == {"ok": 9}
+    modes = {w["sid"]: w["mode"] for w in app.store.list_watches()}
+    assert modes == {**dict.fromkeys(sids, "list"), done: "fetch"}
+    assert poller.poll_due().claimed == 0  # the sweep observes them now
+    ctl.set_status(sids[0], "completed", reason="last-participant-left")
+    (report,) = poller.sweep_due()
+    assert (report.pages, report.listed, report.changed, report.missing) == (2, 7, 0, 1)
+    assert ctl.stats()["by_kind"]["list"] == 2
+    assert poller.poll_due().claimed == 1  # the one the lists no longer show
+    assert counts(app)[1].count("conference.ended") == 2
+    assert poller.sweep_due() == []  # not due again before the interval
     with app.engine.connect() as conn:
         via = dict(
             conn.execute(
                 select(Snapshot.detected_via, func.count()).group_by(Snapshot.detected_via)
             ).all()
         )
-    assert via == {"list": 8, "poll": 1}
+    assert via == {"poll": 10}
+    assert poller.flush_touches() == 7  # the unchanged ones the sweep saw
+
+
+def test_a_sweep_records_changes_it_lists(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl
+) -> None:
+    app = make_app(tmp_path, sim, CONFERENCE_MONITOR_POLLING_INTERVAL="200ms")
+    try:
+        sids = [ctl.create_conference(status="init")["sid"] for _ in range(5)]
+        poller = app.with_poller()
+        poller.poll_sids(sids, ACCOUNT)
+        for sid in sids[:3]:
+            ctl.set_status(sid, "in-progress")
+        time.sleep(0.25)
+        (report,) = poller.sweep_due()
+        assert (report.listed, report.changed, report.missing) == (5, 3, 0)
+        assert counts(app)[1].count("conference.started") == 3
+        with app.engine.connect() as conn:
+            listed = conn.execute(
+                select(func.count()).where(Snapshot.detected_via == "list")
+            ).scalar_one()
+        assert listed == 3
+    finally:
+        app.close()
 
 
 def test_fetch_only_when_lists_are_off(
@@ -220,12 +252,28 @@ def _now():  # type: ignore[no-untyped-def]
     return datetime.now(UTC)
 
 
-def test_discover_watches_active_conferences_once(app: App, ctl: SimulatorControl) -> None:
-    active = [
-        ctl.create_conference(status=s)["sid"] for s in ("init", "in-progress", "in-progress")
-    ]
-    ctl.create_conference(status="completed")
-    poller = app.with_poller()
-    assert sorted(poller.discover(ACCOUNT)) == sorted(active)
-    assert poller.discover(ACCOUNT) == []
-    assert {w["label"] for w in app.store.list_watches()} == {"discovered"}
+def test_discover_watches_active_conferences_once(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl
+) -> None:
+    app = make_app(
+        tmp_path,
+        sim,
+        CONFERENCE_MONITOR_POLLING_DISCOVER="true",
+        CONFERENCE_MONITOR_POLLING_INTERVAL="200ms",
+    )
+    try:
+        active = [
+            ctl.create_conference(status=s)["sid"] for s in ("init", "in-progress", "in-progress")
+        ]
+        ctl.create_conference(status="completed")
+        poller = app.with_poller()
+        (report,) = poller.sweep_due(accounts=(ACCOUNT,))
+        assert report.discovered == 3
+        assert sorted(w["sid"] for w in app.store.list_watches()) == sorted(active)
+        assert {w["label"] for w in app.store.list_watches()} == {"discovered"}
+        time.sleep(0.25)
+        (again,) = poller.sweep_due(accounts=(ACCOUNT,))
+        assert again.discovered == 0 and again.listed == 3
+        assert counts(app)[1] == ["conference.first_seen"] * 3  # watched mid-way: baselines
+    finally:
+        app.close()

@@ -20,9 +20,12 @@ from monitor.db.engine import (
 )
 from monitor.db.models import Base, Delivery, Event, Snapshot
 from monitor.db.outbox import AttemptOutcome, Outbox
-from monitor.db.store import Store
-from monitor.domain import Conference
+from monitor.db.store import Batch, BatchResult, Observation, Store
+from monitor.domain import Conference, EventType, Transition
+from monitor.events import NewEvent, transition_event, with_notifiers
 from monitor.outcomes import PollPolicy, auth_failed_event, not_found, observation
+from monitor.recorder import PollReport, Recorder
+from monitor.touches import TouchBuffer
 
 ACCOUNT = "AC" + "a" * 32
 SID = "CF" + "1" * 32
@@ -69,17 +72,32 @@ def test_empty_database_is_behind(db_url: str) -> None:
         engine.dispose()
 
 
+def record(store: Store, *changes: Observation, at: datetime = T0, **kw: object) -> BatchResult:
+    return store.record(Batch(changes=list(changes), **kw), at)  # type: ignore[arg-type]
+
+
+def recorder(store: Store) -> Recorder:
+    return Recorder(store, PolicyFor1s, everyone, TouchBuffer(), list_mode=lambda _a: False)
+
+
+PolicyFor1s = PollPolicy(interval_s=1.0, not_found_grace_s=2.0)
+
+
 def test_observations_bump_or_insert_snapshots_with_events_and_outbox(engine: Engine) -> None:
     store = Store(engine)
     assert store.add_watches([SID, SID], ACCOUNT, "room", T0) == [SID]
     assert store.add_watches([SID], ACCOUNT, None, T0) == []
+    rec = recorder(store)
 
     def poll(status: str, at: datetime) -> None:
-        (watch,) = store.claim_due_watches(at, 10, 1.0, 0.0)
-        store.record([observation(watch, conf(status), at, "poll", everyone)])
+        (watch,) = store.claim_due_watches(at, 10, 1.0, 0.0, owner="me")
+        batch = Batch(owner="me")
+        rec.add_result(batch, PollReport(), watch, conf(status), at)
+        rec.commit(batch)
 
     poll("init", T0)
-    poll("init", T0 + timedelta(seconds=1))  # unchanged: bump, no new row
+    poll("init", T0 + timedelta(seconds=1))  # unchanged: counted in memory, no new row
+    assert rec.flush_touches() == 1
     poll("in-progress", T0 + timedelta(seconds=2))
     poll("completed", T0 + timedelta(seconds=3))
     assert count(engine, Snapshot) == 3
@@ -94,23 +112,84 @@ def test_observations_bump_or_insert_snapshots_with_events_and_outbox(engine: En
     assert store.claim_due_watches(T0 + timedelta(hours=1), 10, 1.0, 0.0) == []
 
 
-def test_claim_pushes_next_poll_forward(engine: Engine) -> None:
+def test_claim_pushes_next_poll_forward_and_holds_a_lease(engine: Engine) -> None:
     store = Store(engine)
     store.add_watches([SID], ACCOUNT, None, T0)
-    assert len(store.claim_due_watches(T0, 10, 5.0, 0.0)) == 1
+    assert len(store.claim_due_watches(T0, 10, 5.0, 0.0, owner="a", lease_s=30)) == 1
     assert store.claim_due_watches(T0 + timedelta(seconds=4), 10, 5.0, 0.0) == []
-    assert len(store.claim_due_watches(T0 + timedelta(seconds=5), 10, 5.0, 0.0)) == 1
+    # Due again, but a's lease is live: nobody else takes it until it lapses or is released.
+    assert store.claim_due_watches(T0 + timedelta(seconds=5), 10, 5.0, 0.0, owner="b") == []
+    assert len(store.claim_due_watches(T0 + timedelta(seconds=31), 10, 5.0, 0.0, owner="b")) == 1
+    store.release([SID], "b")
+    assert len(store.claim_due_watches(T0 + timedelta(seconds=40), 10, 5.0, 0.0, owner="c")) == 1
+
+
+def test_list_mode_watches_are_left_to_the_sweep(engine: Engine) -> None:
+    store = Store(engine)
+    store.add_watches([SID], ACCOUNT, None, T0, mode="list")
+    assert store.claim_due_watches(T0, 10, 1.0, 0.0, fetch_mode_only=True) == []
+    assert len(store.claim_due_watches(T0, 10, 1.0, 0.0)) == 1
+
+
+def test_two_observers_of_one_state_record_one_transition(engine: Engine) -> None:
+    store = Store(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    (watch,) = store.watch_states([SID]).values()
+    record(store, observation(watch, conf("init"), T0, "poll", everyone))
+    (seen,) = store.watch_states([SID]).values()
+    one = observation(seen, conf("in-progress"), T0 + timedelta(seconds=1), "poll", everyone)
+    two = observation(seen, conf("in-progress"), T0 + timedelta(seconds=2), "list", everyone)
+    assert record(store, one).observations == 1
+    lost = record(store, two)
+    assert (lost.observations, lost.dropped, lost.events) == (0, 1, [])
+    with engine.connect() as conn:
+        types = sorted(conn.scalars(select(Event.type)))
+    assert types == ["conference.first_seen", "conference.started"]
+
+
+def test_an_observation_older_than_the_recorded_one_is_dropped(engine: Engine) -> None:
+    store = Store(engine)
+    store.add_watches([SID], ACCOUNT, None, T0)
+    (watch,) = store.watch_states([SID]).values()
+    record(
+        store, observation(watch, conf("completed"), T0 + timedelta(seconds=5), "poll", everyone)
+    )
+    (now,) = store.watch_states([SID]).values()
+    stale = observation(now, conf("in-progress"), T0 + timedelta(seconds=1), "list", everyone)
+    assert record(store, stale).dropped == 1
+    assert [r["last_status"] for r in store.list_watches()] == ["completed"]
+
+
+def test_the_database_refuses_a_second_started_or_ended(engine: Engine) -> None:
+    store = Store(engine)
+
+    def events() -> list[NewEvent]:
+        c = conf("completed")
+        return [
+            with_notifiers(transition_event(c, Transition(kind, "init", "x"), T0, "poll"), ("a",))
+            for kind in (EventType.STARTED, EventType.ENDED, EventType.FIRST_SEEN)
+        ]
+
+    first, second = events(), events()
+    assert store.write_events(first) == first
+    # Whatever race the code loses, a second started/ended (other ids) is refused
+    # quietly, with no outbox row; other event types are not limited.
+    assert store.write_events(second) == [second[2]]
+    with engine.connect() as conn:
+        counts = dict(conn.execute(select(Event.type, func.count()).group_by(Event.type)).all())  # type: ignore[arg-type]
+    assert counts == {"conference.started": 1, "conference.ended": 1, "conference.first_seen": 2}
+    assert count(engine, Delivery) == 4
 
 
 def test_not_found_after_grace_ends_the_watch_with_one_event(engine: Engine) -> None:
     store = Store(engine)
     store.add_watches([SID], ACCOUNT, None, T0)
-    policy = PollPolicy(interval_s=1.0, not_found_grace_s=2.0)
     at = T0
     for _ in range(10):
-        claimed = store.claim_due_watches(at, 10, 1.0, 0.0)
+        claimed = store.claim_due_watches(at, 10, 1.0, 0.0, owner="me")
         if claimed:
-            store.record([], [not_found(claimed[0], at, policy, everyone)])
+            miss = not_found(claimed[0], at, PolicyFor1s, everyone)
+            store.record(Batch(misses=[miss], owner="me"), at)
         at += timedelta(seconds=1)
     (row,) = store.list_watches()
     assert row["status"] == "not_found"
@@ -124,12 +203,12 @@ def test_auth_failed_is_one_event_per_episode_until_cleared(engine: Engine) -> N
 
     def failure(at: datetime) -> list:  # type: ignore[type-arg]
         event = auth_failed_event(ACCOUNT, SID, at, "rejected", everyone)
-        return store.record([], auth_failures=[event]).events
+        return record(store, auth_failures=[event]).events
 
     assert [e.type for e in failure(T0)] == ["watch.auth_failed"]
     assert failure(T0 + timedelta(seconds=1)) == []  # same episode: no second event
     assert store.failing_accounts() == {ACCOUNT}
-    assert store.record([], ok_accounts=[ACCOUNT]).recovered_accounts == [ACCOUNT]
+    assert record(store, ok_accounts={ACCOUNT}).recovered_accounts == [ACCOUNT]
     assert store.failing_accounts() == set()
     assert len(failure(T0 + timedelta(seconds=2))) == 1  # a new episode
     assert count(engine, Event) == 2 and count(engine, Delivery) == 4
@@ -139,10 +218,8 @@ def test_outbox_claim_lease_fence_and_ordering(engine: Engine) -> None:
     store, outbox = Store(engine), Outbox(engine)
     store.add_watches([SID], ACCOUNT, None, T0)
     for i, status in enumerate(["init", "in-progress", "completed"]):
-        (watch,) = store.claim_due_watches(T0 + timedelta(seconds=i), 10, 1.0, 0.0)
-        store.record(
-            [observation(watch, conf(status), T0 + timedelta(seconds=i), "poll", everyone)]
-        )
+        (watch,) = store.watch_states([SID]).values()
+        record(store, observation(watch, conf(status), T0 + timedelta(seconds=i), "poll", everyone))
     now = T0 + timedelta(seconds=10)
     first = outbox.claim("hook", now, 10, "a", 30)
     # Only the oldest row of the conference: ended waits until started is done.
@@ -174,7 +251,7 @@ def test_backlog_counts_only_the_notifiers_asked_for(engine: Engine) -> None:
     store, outbox = Store(engine), Outbox(engine)
     store.add_watches([SID], ACCOUNT, None, T0)
     (watch,) = store.claim_due_watches(T0, 10, 1.0, 0.0)
-    store.record([observation(watch, conf("init"), T0, "poll", everyone)])
+    record(store, observation(watch, conf("init"), T0, "poll", everyone))
     count, oldest = outbox.backlog()
     assert count == 2 and oldest == T0
     assert outbox.backlog(["log"]) == (1, T0)

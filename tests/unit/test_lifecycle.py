@@ -102,3 +102,34 @@ def test_state_is_unchanged_when_nothing_changes() -> None:
     _, state = detect(LifecycleState(), "init")
     transitions, same = detect(state, "init")
     assert transitions == () and same is state
+
+
+def first_sight_after_watch(status: str | None) -> list[tuple[str, str | None, str | None, tuple]]:
+    transitions, state = detect(LifecycleState(), status, after_watch=True)
+    assert state.last_status == status
+    return [(t.type.value, t.from_status, t.to_status, t.skipped) for t in transitions]
+
+
+def test_late_first_sight_in_progress_is_started_from_an_init_baseline() -> None:
+    assert first_sight_after_watch("in-progress") == [
+        (FIRST.value, None, "init", ()),
+        (STARTED.value, "init", "in-progress", ()),
+    ]
+
+
+def test_late_first_sight_completed_is_ended_with_in_progress_skipped() -> None:
+    assert first_sight_after_watch("completed") == [
+        (FIRST.value, None, "init", ()),
+        (ENDED.value, "init", "completed", ("in-progress",)),
+    ]
+
+
+@pytest.mark.parametrize("status", ["init", "paused", None])
+def test_late_first_sight_of_init_or_unknown_is_only_a_baseline(status: str | None) -> None:
+    assert first_sight_after_watch(status) == [(FIRST.value, None, status, ())]
+
+
+def test_after_watch_is_ignored_once_seen() -> None:
+    _, state = detect(LifecycleState(), "in-progress")
+    transitions, _ = detect(state, "completed", after_watch=True)
+    assert [(t.type.value, t.skipped) for t in transitions] == [(ENDED.value, ())]

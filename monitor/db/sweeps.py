@@ -1,0 +1,185 @@
+"""The SQL of list sweeps: electing one sweeper per account and interval, and the
+bulk reads and writes a sweep makes.
+
+A sweep lists an account's active conferences and applies the result to every
+watch it observes (`mode = 'list'`). Only what changed is written one row at a
+time; watches the lists no longer show are handed back to one-by-one fetching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from monitor.db.store import SWEEPS, Store, W, chunks
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """The few columns a sweep compares for each listed conference."""
+
+    sid: str
+    version: int
+    current_hash: str | None
+    current_snapshot_id: int | None
+    mode: str
+    status: str
+    consecutive_errors: int
+
+
+class SweepStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    def accounts(self) -> list[str]:
+        with self.store.read() as conn:
+            return list(conn.scalars(select(SWEEPS.c.account_sid).order_by(SWEEPS.c.account_sid)))
+
+    def ensure(self, account_sid: str, now: datetime) -> None:
+        with self.store.writing() as conn:
+            row = {"account_sid": account_sid, "next_sweep_at": now}
+            conn.execute(self.store.insert_ignoring_conflicts(SWEEPS), [row])
+
+    def try_start(
+        self, account_sid: str, owner: str, now: datetime, interval_s: float, lease_s: float
+    ) -> bool:
+        """Become the account's sweeper if a sweep is due and nobody holds a live lease.
+
+        A compare-and-set on one row, so across all instances at most one sweep of
+        an account runs at a time, at most one per interval.
+        """
+        with self.store.writing() as conn:
+            due = conn.execute(
+                select(SWEEPS.c.next_sweep_at).where(
+                    SWEEPS.c.account_sid == account_sid,
+                    SWEEPS.c.next_sweep_at <= now,
+                    SWEEPS.c.lease_until.is_(None) | (SWEEPS.c.lease_until < now),
+                )
+            ).scalar_one_or_none()
+            if due is None:
+                return False
+            step = timedelta(seconds=interval_s)
+            nxt = due + step if due + step > now else now + step
+            won = conn.execute(
+                update(SWEEPS)
+                .where(SWEEPS.c.account_sid == account_sid, SWEEPS.c.next_sweep_at == due)
+                .values(
+                    next_sweep_at=nxt,
+                    owner=owner,
+                    lease_until=now + timedelta(seconds=lease_s),
+                    started_at=now,
+                )
+            ).rowcount
+        return bool(won)
+
+    def renew(self, account_sid: str, owner: str, now: datetime, lease_s: float) -> bool:
+        """Extend our lease; False if another instance took the sweep over."""
+        with self.store.writing() as conn:
+            return bool(
+                conn.execute(
+                    update(SWEEPS)
+                    .where(SWEEPS.c.account_sid == account_sid, SWEEPS.c.owner == owner)
+                    .values(lease_until=now + timedelta(seconds=lease_s))
+                ).rowcount
+            )
+
+    def finish(
+        self,
+        account_sid: str,
+        owner: str,
+        now: datetime,
+        *,
+        listed: int,
+        missing: int,
+        pages: int,
+        error: str | None,
+    ) -> None:
+        values: dict[str, object] = {
+            "lease_until": None,
+            "listed": listed,
+            "missing": missing,
+            "pages": pages,
+            "last_error": error,
+        }
+        if error is None:
+            values["completed_at"] = now
+        with self.store.writing() as conn:
+            conn.execute(
+                update(SWEEPS)
+                .where(SWEEPS.c.account_sid == account_sid, SWEEPS.c.owner == owner)
+                .values(**values)
+            )
+
+    def stale(self, account_sid: str, now: datetime, limit: datetime) -> bool:
+        """No live sweep, and none succeeded since `limit` although one was tried."""
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(SWEEPS.c.lease_until, SWEEPS.c.started_at, SWEEPS.c.completed_at).where(
+                    SWEEPS.c.account_sid == account_sid
+                )
+            ).first()
+        if row is None or (row.lease_until is not None and row.lease_until >= now):
+            return False
+        last_success = row.completed_at
+        if last_success is None:
+            return row.started_at is not None and row.started_at < limit
+        return bool(last_success < limit)
+
+    def list_mode_sids(self, account_sid: str) -> set[str]:
+        """The watches the sweep is responsible for, read before the account is listed."""
+        query = select(W.c.sid).where(
+            W.c.account_sid == account_sid, W.c.status == "active", W.c.mode == "list"
+        )
+        with self.store.read() as conn:
+            return set(conn.scalars(query))
+
+    def has_active(self, account_sid: str) -> bool:
+        query = select(W.c.sid).where(W.c.account_sid == account_sid, W.c.status == "active")
+        with self.store.read() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
+    def states(self, sids: Sequence[str]) -> dict[str, SweepState]:
+        columns = (
+            W.c.sid,
+            W.c.version,
+            W.c.current_hash,
+            W.c.current_snapshot_id,
+            W.c.mode,
+            W.c.status,
+            W.c.consecutive_errors,
+        )
+        found: dict[str, SweepState] = {}
+        with self.store.read() as conn:
+            for part in chunks(list(sids), 1000):
+                for row in conn.execute(select(*columns).where(W.c.sid.in_(part))):
+                    found[row[0]] = SweepState(*row)
+        return found
+
+    def hand_to_fetch(self, sids: Sequence[str], now: datetime) -> int:
+        """Watches the lists did not show: fetch each of them now (ended, or not listed yet)."""
+        moved = 0
+        for part in chunks(list(sids)):
+            with self.store.writing() as conn:
+                moved += conn.execute(
+                    update(W)
+                    .where(W.c.sid.in_(part), W.c.mode == "list", W.c.status == "active")
+                    .values(mode="fetch", next_poll_at=now)
+                ).rowcount
+        return moved
+
+    def hand_account_to_fetch(self, account_sid: str, now: datetime) -> int:
+        """The account's sweeps have stopped succeeding: fall back to fetching each watch."""
+        with self.store.writing() as conn:
+            return int(
+                conn.execute(
+                    update(W)
+                    .where(
+                        W.c.account_sid == account_sid, W.c.mode == "list", W.c.status == "active"
+                    )
+                    .values(mode="fetch", next_poll_at=now)
+                ).rowcount
+            )

@@ -1,0 +1,270 @@
+"""List sweeps: observe every active conference of an account with a few list calls.
+
+Once per interval per account (elected across instances by `SweepStore.try_start`),
+the sweeper lists `Status=in-progress` then `Status=init`, page by page, and
+applies each page to the watches it shows: an unchanged conference costs a
+fingerprint and a dictionary lookup, a changed one is parsed and recorded like
+any observation. Watches the sweep observes but the lists no longer show
+(ended, or not listed yet) are handed back to one-by-one fetching, so nothing
+is decided from absence alone. Memory is bounded by one page plus the sets of
+SIDs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from monitor.db.store import Batch, Store
+from monitor.db.sweeps import SweepStore
+from monitor.domain import fingerprint
+from monitor.fetcher import ConferenceSource, owner_id
+from monitor.recorder import PollReport, Recorder
+from monitor.twilio.payloads import ConferencePage, PayloadError, listed_sid, parse_listed
+
+log = logging.getLogger("monitor.sweep")
+
+LISTED_STATUSES = ("in-progress", "init")
+# Sweeps of an account that have not succeeded for this many intervals (and nobody
+# holds a live sweep lease): its watches fall back to one-by-one fetching.
+STALE_AFTER_INTERVALS = 3
+
+
+class SweepAborted(Exception):
+    """The sweep stopped early: another instance took it over, or we are stopping."""
+
+
+@dataclass
+class SweepReport:
+    account_sid: str
+    pages: int = 0
+    listed: int = 0
+    changed: int = 0
+    rejected: int = 0
+    missing: int = 0
+    discovered: int = 0
+    error: str | None = None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        source: ConferenceSource,
+        recorder: Recorder,
+        *,
+        interval_s: float,
+        lease_s: float,
+        use_list: bool = True,
+        discover: bool = False,
+    ) -> None:
+        self.store = store
+        self.sweeps = SweepStore(store)
+        self.source = source
+        self.recorder = recorder
+        self.interval_s = interval_s
+        self.lease_s = lease_s
+        self.use_list = use_list
+        self.discover = discover
+        self.owner = owner_id(self)
+        # Accounts whose sweeps keep failing: their watches are fetched one by one
+        # (and not handed back to the sweep) until a sweep succeeds again.
+        self.stale_accounts: set[str] = set()
+
+    def run_due(
+        self, stop: threading.Event, extra_accounts: tuple[str, ...] = ()
+    ) -> list[SweepReport]:
+        """Sweep every account whose sweep is due and not running elsewhere."""
+        now = utcnow()
+        for account in extra_accounts:
+            self.sweeps.ensure(account, now)
+        reports = []
+        for account in self.sweeps.accounts():
+            if stop.is_set():
+                break
+            self._fall_back_if_stale(account)
+            if self.sweeps.try_start(account, self.owner, utcnow(), self.interval_s, self.lease_s):
+                reports.append(self.sweep(account, stop))
+        return reports
+
+    def sweep(self, account: str, stop: threading.Event | None = None) -> SweepReport:
+        report = SweepReport(account)
+        started = time.monotonic()
+        responsible = self.sweeps.list_mode_sids(account) if self.use_list else set()
+        if not responsible and not self.discover and not self.sweeps.has_active(account):
+            self.sweeps.finish(
+                account, self.owner, utcnow(), listed=0, missing=0, pages=0, error=None
+            )
+            return report
+        seen: set[str] = set()
+        try:
+            for status in LISTED_STATUSES:
+                self._list(account, status, seen, report, stop)
+        except SweepAborted as exc:
+            report.error = str(exc)
+        except Exception as exc:  # Twilio refused or failed: fetches cover until it works
+            report.error = _first_line(exc)
+            log.warning(
+                "listing conferences of %s failed: %s",
+                account,
+                report.error,
+                extra={"event": "sweep.failed"},
+            )
+        if report.error is None:
+            missing = sorted(responsible - seen)
+            report.missing = self.sweeps.hand_to_fetch(missing, utcnow())
+            self.stale_accounts.discard(account)
+        self.sweeps.finish(
+            account,
+            self.owner,
+            utcnow(),
+            listed=report.listed,
+            missing=report.missing,
+            pages=report.pages,
+            error=report.error,
+        )
+        self.recorder.metrics.swept(report.error is None, time.monotonic() - started)
+        return report
+
+    def _list(
+        self,
+        account: str,
+        status: str,
+        seen: set[str],
+        report: SweepReport,
+        stop: threading.Event | None,
+    ) -> None:
+        requested_at = utcnow()
+        for page in self.source.list_conference_pages(status=status, account_sid=account):
+            report.pages += 1
+            self._apply(account, page, requested_at, seen, report)
+            if stop is not None and stop.is_set():
+                raise SweepAborted("stopping")
+            if not self.sweeps.renew(account, self.owner, utcnow(), self.lease_s):
+                raise SweepAborted("another instance took the sweep over")
+            requested_at = utcnow()  # the next page is requested as the loop resumes
+
+    def _apply(
+        self,
+        account: str,
+        page: ConferencePage,
+        requested_at: datetime,
+        seen: set[str],
+        report: SweepReport,
+    ) -> None:
+        """Apply one page: fingerprints first, and parse only what changed."""
+        listed: dict[str, tuple[dict, str]] = {}
+        for item in page.items:
+            sid = listed_sid(item)
+            if sid is None:
+                report.rejected += 1
+                continue
+            listed[sid] = (item, fingerprint(item))
+        report.listed += len(listed)
+        self.recorder.metrics.observed("list", len(listed))
+        states = self.sweeps.states(list(listed))
+        batch, changed = Batch(), []
+        epoch = requested_at.timestamp()
+        for sid, (_item, digest) in listed.items():
+            state = states.get(sid)
+            if state is None:
+                if self.discover:
+                    changed.append(sid)
+            elif state.status != "active" or not self.use_list:
+                continue
+            elif state.current_hash == digest and state.current_snapshot_id is not None:
+                seen.add(sid)
+                self.recorder.touches.add(state.current_snapshot_id, sid, epoch)
+                # While sweeps keep failing, fetches own the watch; else the sweep takes it.
+                target = state.mode if account in self.stale_accounts else "list"
+                if state.consecutive_errors or state.mode != target:
+                    batch.seen[sid] = target
+            else:
+                changed.append(sid)
+        changed, added = self._discovered(account, changed, states, report)
+        self._add_changes(account, batch, changed, added, listed, requested_at, seen, report)
+        self.recorder.commit(batch, PollReport())
+
+    def _discovered(
+        self, account: str, changed: list[str], states: dict, report: SweepReport
+    ) -> tuple[list[str], set[str]]:
+        """Watch unwatched conferences the lists show (`polling.discover`)."""
+        unknown = [sid for sid in changed if sid not in states]
+        if not unknown:
+            return changed, set()
+        mode = "list" if self.use_list else "fetch"
+        added = set(self.store.add_watches(unknown, account, "discovered", utcnow(), mode=mode))
+        report.discovered += len(added)
+        for sid in sorted(added):
+            log.info("discovered %s", sid, extra={"event": "watch.discovered", "sid": sid})
+        # Recorded from this page (a baseline), then fetched or swept like any watch.
+        return [sid for sid in changed if sid in states or sid in added], added
+
+    def _add_changes(
+        self,
+        account: str,
+        batch: Batch,
+        changed: list[str],
+        added: set[str],
+        listed: dict[str, tuple[dict, str]],
+        requested_at: datetime,
+        seen: set[str],
+        report: SweepReport,
+    ) -> None:
+        if not changed:
+            return
+        full = self.store.watch_states(changed)
+        for sid in changed:
+            watch = full.get(sid)
+            if watch is None:
+                continue  # removed meanwhile
+            try:
+                conference = parse_listed(listed[sid][0], account)
+            except PayloadError as exc:
+                report.rejected += 1  # not seen: fetched on its own, where the error is recorded
+                log.warning(
+                    "listed conference %s is malformed, fetching it on its own: %s",
+                    sid,
+                    exc,
+                    extra={"event": "sweep.bad_item", "sid": sid},
+                )
+                continue
+            seen.add(sid)
+            report.changed += 1
+            self.recorder.add_seen(
+                batch, watch, conference, requested_at, "list", discovered=sid in added
+            )
+
+    def _fall_back_if_stale(self, account: str) -> None:
+        """Sweeps of this account stopped succeeding: fetch its watches one by one."""
+        if not self.use_list:
+            return
+        now = utcnow()
+        limit = now - timedelta(seconds=self.interval_s * STALE_AFTER_INTERVALS)
+        if not self.sweeps.stale(account, now, limit):
+            self.stale_accounts.discard(account)
+            return
+        first = account not in self.stale_accounts
+        self.stale_accounts.add(account)
+        moved = self.sweeps.hand_account_to_fetch(account, now)
+        if first:
+            log.warning(
+                "no list sweep of %s has succeeded for %.0fs: fetching its watches one by one "
+                "(%d handed over) until a sweep works again",
+                account,
+                self.interval_s * STALE_AFTER_INTERVALS,
+                moved,
+                extra={"event": "sweep.stale"},
+            )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,112 @@
+"""Sweep election, hand-over and the 0002 migration, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, select, text
+
+from monitor.db.engine import alembic_config, make_engine, upgrade
+from monitor.db.models import Event
+from monitor.db.store import Store
+from monitor.db.sweeps import SweepStore
+
+ACCOUNT = "AC" + "a" * 32
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def sid(i: int) -> str:
+    return f"CF{i:032x}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_one_sweeper_per_account_and_interval(engine: Engine) -> None:
+    sweeps = SweepStore(Store(engine))
+    sweeps.ensure(ACCOUNT, T0)
+    assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 30.0)
+    assert not sweeps.try_start(ACCOUNT, "b", T0, 10.0, 30.0)  # a holds it
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=1), listed=1, missing=0, pages=1, error=None)
+    assert not sweeps.try_start(ACCOUNT, "b", T0 + timedelta(seconds=9), 10.0, 30.0)  # not due
+    assert sweeps.try_start(ACCOUNT, "b", T0 + timedelta(seconds=10), 10.0, 30.0)
+    # b dies mid-sweep (no finish): its lease lapses, then another instance takes over.
+    assert not sweeps.renew(ACCOUNT, "a", T0 + timedelta(seconds=11), 30.0)
+    assert not sweeps.try_start(ACCOUNT, "c", T0 + timedelta(seconds=25), 10.0, 30.0)
+    assert sweeps.try_start(ACCOUNT, "c", T0 + timedelta(seconds=41), 10.0, 30.0)
+
+
+def test_a_sweep_that_keeps_failing_is_stale(engine: Engine) -> None:
+    sweeps = SweepStore(Store(engine))
+    sweeps.ensure(ACCOUNT, T0)
+    limit = T0 + timedelta(seconds=30)
+    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=60), limit)  # never tried yet
+    assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 5.0)
+    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=1), limit)  # running
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=1), listed=0, missing=0, pages=0, error="x")
+    assert sweeps.stale(ACCOUNT, T0 + timedelta(seconds=60), limit)
+    assert sweeps.try_start(ACCOUNT, "a", T0 + timedelta(seconds=60), 10.0, 5.0)
+    sweeps.finish(ACCOUNT, "a", limit, listed=0, missing=0, pages=0, error=None)
+    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=61), limit)
+
+
+def test_watches_missing_from_the_lists_go_back_to_fetching(engine: Engine) -> None:
+    store = Store(engine)
+    sweeps = SweepStore(store)
+    store.add_watches([sid(1), sid(2), sid(3)], ACCOUNT, None, T0, mode="list")
+    assert sweeps.list_mode_sids(ACCOUNT) == {sid(1), sid(2), sid(3)}
+    assert sweeps.hand_to_fetch([sid(2)], T0 + timedelta(seconds=5)) == 1
+    due = store.claim_due_watches(T0 + timedelta(seconds=5), 10, 1.0, 0.0, fetch_mode_only=True)
+    assert [w.sid for w in due] == [sid(2)]
+    assert sweeps.hand_account_to_fetch(ACCOUNT, T0) == 2
+    assert sweeps.list_mode_sids(ACCOUNT) == set()
+
+
+def test_bulk_add_is_linear_and_reports_what_it_added(engine: Engine) -> None:
+    store = Store(engine)
+    sids = [sid(i) for i in range(5000)]
+    assert store.add_watches(sids[:10], ACCOUNT, None, T0) == sids[:10]
+    added = store.add_watches(list(reversed(sids)) + sids[:3], ACCOUNT, "bulk", T0)
+    assert added == list(reversed(sids[10:]))
+    assert store.watch_counts() == {"active": 5000}
+    assert SweepStore(store).accounts() == [ACCOUNT]
+
+
+def test_migration_keeps_pre_existing_duplicate_transitions_as_history(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        command.upgrade(alembic_config(engine), "0001")
+        rows = [
+            ("evt_a", "conference.started", T0),
+            ("evt_b", "conference.started", T0 + timedelta(seconds=1)),
+            ("evt_c", "conference.ended", T0 + timedelta(seconds=2)),
+            ("evt_d", "conference.ended", T0 + timedelta(seconds=2)),
+        ]
+        with engine.begin() as conn:
+            for event_id, kind, at in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO events (id, type, conference_sid, skipped, occurred_at, body)"
+                        " VALUES (:i, :t, :s, '', :at, '{}')"
+                    ),
+                    {"i": event_id, "t": kind, "s": sid(1), "at": at.replace(tzinfo=None)},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            types = dict(conn.execute(select(Event.id, Event.type)).all())  # type: ignore[arg-type]
+        assert types == {
+            "evt_a": "conference.started",
+            "evt_b": "conference.duplicate",
+            "evt_c": "conference.ended",
+            "evt_d": "conference.duplicate",
+        }
+    finally:
+        engine.dispose()

@@ -92,6 +92,7 @@ def build_client(
         read_timeout_s=tw.read_timeout_s,
         pool_size=tw.concurrency,
         retry_budget_s=retry_budget_s(settings.polling.interval_s),
+        request_deadline_s=tw.request_deadline_s,
         **kwargs,
     )
 

@@ -767,6 +767,8 @@ def test_stats_count_requests_by_kind_and_reset_clears_everything(
         "requests": 4,
         "by_kind": {"fetch": 2, "list": 1, "update": 1},
         "faults_served": 1,
+        "streamed_bytes": 0,
+        "streams_cut": 0,
     }
     ctl.add_fault("503")
     ctl.reset()
@@ -774,6 +776,8 @@ def test_stats_count_requests_by_kind_and_reset_clears_everything(
         "requests": 0,
         "by_kind": {"fetch": 0, "list": 0, "update": 0},
         "faults_served": 0,
+        "streamed_bytes": 0,
+        "streams_cut": 0,
     }
     assert api.get(conf_url(sim, sid)).status_code == 404  # gone, and not a 503
 

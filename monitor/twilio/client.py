@@ -11,18 +11,15 @@ once) only runs after a failure.
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import orjson
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
@@ -36,32 +33,32 @@ from tenacity import (
 
 from monitor import __version__
 from monitor.domain import Conference, is_account_sid, is_conference_sid
+from monitor.twilio.decode import (
+    Parser,
+    flatten,
+    paging_error,
+    parse_body,
+    parse_fetched,
+    parse_page,
+    too_large,
+)
 from monitor.twilio.errors import (
-    BadPayload,
     DeadlineExceeded,
-    PagingError,
     RateLimited,
-    ResourceMismatch,
-    ResponseTooLarge,
     TransientError,
     TwilioError,
     error_for_response,
     error_for_transport,
 )
 from monitor.twilio.hosts import DEFAULT_BASE_URL, api_origin, normalise_base_url
-from monitor.twilio.payloads import (
-    ConferencePage,
-    PayloadError,
-    listed_sid,
-    parse_conference,
-    parse_conference_page,
-)
+from monitor.twilio.payloads import ConferencePage
 from monitor.twilio.transport import (
     WATCHDOG,
     BodyTooLarge,
     Deadline,
     DeadlinePassed,
-    GuardedAdapter,
+    build_session,
+    pin_environment,
     read_body,
 )
 
@@ -79,11 +76,8 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PAGES = 1000
 ERROR_BODY_CAP_BYTES = 64 * 1024  # an error body only has to yield a code and a message
-_POOL_HOSTS = 4  # distinct hosts whose pools are kept; one client uses one host
 _MIN_TIMEOUT_S = 0.05
 _END_FORM = {"Status": "completed"}
-# A path on our own host, printable ASCII: it goes into URLs, errors and logs.
-_NEXT_PAGE_URI_RE = re.compile(r"/[\x21-\x7e]{0,4095}")
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -97,7 +91,6 @@ ResponseHook = Callable[[str, int | None, float], None]
 """`on_response(operation, http_status_or_None, seconds)`, called once per HTTP attempt."""
 
 T = TypeVar("T")
-Parser = Callable[[Any], T]
 
 
 class TwilioClient:
@@ -150,8 +143,8 @@ class TwilioClient:
         self._timeout = (connect_timeout_s, read_timeout_s)
         self._password = password
         self._on_response = on_response
-        self._session = _build_session(username, password, pool_size, user_agent)
-        _pin_environment(self._session, self.base_url)
+        self._session = build_session(username, password, pool_size, user_agent)
+        pin_environment(self._session, self.base_url)
         # Built once; its stop and wait strategies drive the hand loop in `_call`.
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts) | stop_before_delay(self.retry_budget_s),
@@ -170,14 +163,14 @@ class TwilioClient:
         """One GET of the conference; `ConferenceNotFound` on 404 (not retried)."""
         account = self._account(account_sid)
         url = self._conference_url(sid, account)
-        parse = partial(_parse_fetched, sid=sid, account_sid=account)
+        parse = partial(parse_fetched, sid=sid, account_sid=account)
         return self._call("fetch", "GET", url, sid, parse, cap=self.max_body_bytes)
 
     def end_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
         """POST `Status=completed`; repeated only when Twilio cannot have processed it."""
         account = self._account(account_sid)
         url = self._conference_url(sid, account)
-        parse = partial(_parse_fetched, sid=sid, account_sid=account)
+        parse = partial(parse_fetched, sid=sid, account_sid=account)
         return self._call(
             "end",
             "POST",
@@ -234,13 +227,13 @@ class TwilioClient:
             account_sid=account_sid,
             date_created_before=date_created_before,
         )
-        return _flatten(pages)
+        return flatten(pages)
 
     def verify_credentials(self, account_sid: str | None = None) -> None:
         """One cheap list call; raises `CredentialsRejected` (or another TwilioError)."""
         account = self._account(account_sid)
         url = f"{self._account_url(account)}/Conferences.json"
-        parse = partial(_parse_page, account_sid=account)
+        parse = partial(parse_page, account_sid=account)
         params = {"PageSize": "1"}
         self._call("verify", "GET", url, None, parse, cap=self.max_page_bytes, params=params)
 
@@ -290,7 +283,7 @@ class TwilioClient:
     def _pages(
         self, url: str, params: dict[str, str], account_sid: str
     ) -> Iterator[ConferencePage]:
-        parse = partial(_parse_page, account_sid=account_sid)
+        parse = partial(parse_page, account_sid=account_sid)
         cap = self.max_page_bytes
         page: ConferencePage = self._call("list", "GET", url, None, parse, cap=cap, params=params)
         yield page
@@ -299,9 +292,9 @@ class TwilioClient:
         while page.next_page_uri:
             uri = page.next_page_uri
             if uri in seen:
-                raise _paging_error(f"next_page_uri {uri[:300]!r} repeats an earlier page", url)
+                raise paging_error(f"next_page_uri {uri[:300]!r} repeats an earlier page", url)
             if count >= self.max_pages:
-                raise _paging_error(f"the listing runs past max_pages={self.max_pages}", url)
+                raise paging_error(f"the listing runs past max_pages={self.max_pages}", url)
             seen.add(uri)
             # Exactly as given: it carries an opaque PageToken.
             page = self._call("list", "GET", self.base_url + uri, None, parse, cap=cap)
@@ -407,7 +400,7 @@ class TwilioClient:
                 response.close()
                 self._observe(op, response.status_code, began)
         if ok:
-            return _parse_body(parse, body, url, sid)
+            return parse_body(parse, body, url, sid)
         raise error_for_response(
             status,
             body,
@@ -428,7 +421,7 @@ class TwilioClient:
         except BodyTooLarge as exc:
             if not 200 <= response.status_code < 300:
                 return b""
-            raise _too_large(url, sid, cap, exc.declared) from None
+            raise too_large(url, sid, cap, exc.declared) from None
         except _BODY_ERRORS as exc:
             if deadline.passed():
                 raise self._late(url, sid) from exc
@@ -476,125 +469,6 @@ def _list_params(
     if created_before is not None:
         params["DateCreated<"] = created_before.strftime("%Y-%m-%d")
     return params
-
-
-class _Mismatch(PayloadError):
-    """The body is a valid resource, but not the one asked for."""
-
-
-def _parse_body(parse: Parser[T], body: bytes, url: str, sid: str | None) -> T:
-    """Decode and parse a 2xx body; anything malformed becomes a logged `BadPayload`."""
-    try:
-        return parse(orjson.loads(body))
-    except _Mismatch as exc:
-        _warn("twilio.resource_mismatch", url, sid, str(exc))
-        raise ResourceMismatch(str(exc), url=url, sid=sid) from None
-    except PayloadError as exc:
-        reason = f"response is not a valid conference resource: {exc}"
-    except ValueError as exc:  # orjson.JSONDecodeError: bad JSON, bad UTF-8, nested too deep
-        reason = f"response body is not JSON ({exc}): {body[:60]!r}"
-    except RecursionError:
-        reason = "response body is nested too deeply"
-    _warn("twilio.bad_payload", url, sid, reason)
-    raise BadPayload(reason, url=url, sid=sid)
-
-
-def _parse_fetched(obj: Any, *, sid: str, account_sid: str) -> Conference:
-    got = listed_sid(obj)
-    if got is not None and got.lower() != sid.lower():
-        raise _Mismatch(f"asked for conference {sid}, Twilio answered with {got}")
-    conference = parse_conference(obj)
-    owner = conference.account_sid
-    if owner is not None and owner.lower() != account_sid.lower():
-        raise _Mismatch(f"conference {sid} belongs to account {owner}, asked for {account_sid}")
-    return conference
-
-
-def _parse_page(obj: Any, *, account_sid: str) -> ConferencePage:
-    page = parse_conference_page(obj, account_sid)
-    nxt = page.next_page_uri
-    if nxt == "":
-        return dataclasses.replace(page, next_page_uri=None)
-    if nxt is not None and not _NEXT_PAGE_URI_RE.fullmatch(nxt):
-        # An absolute URL could point our credentials at another host.
-        raise PayloadError(
-            f"next_page_uri must be a path, got {nxt[:100]!r}", field="next_page_uri"
-        )
-    return page
-
-
-def _flatten(pages: Iterator[ConferencePage]) -> Iterator[Conference]:
-    for page in pages:
-        conferences, rejected = page.parsed
-        for item in rejected:
-            log.warning(
-                "twilio.item_rejected sid=%s account=%s page=%s item=%d: %s",
-                item.sid or "-",
-                page.account_sid,
-                page.page,
-                item.index,
-                item.error,
-                extra={"event": "twilio.item_rejected", "sid": item.sid},
-            )
-        if page.dropped:
-            log.warning(
-                "twilio.item_rejected sid=- account=%s page=%s: %d list members not objects",
-                page.account_sid,
-                page.page,
-                page.dropped,
-                extra={"event": "twilio.item_rejected", "sid": None},
-            )
-        yield from conferences
-
-
-def _too_large(url: str, sid: str | None, cap: int, declared: bool) -> ResponseTooLarge:
-    how = "its Content-Length is" if declared else "it grew"
-    reason = f"response refused: {how} over the {cap}-byte cap"
-    _warn("twilio.response_too_large", url, sid, reason)
-    return ResponseTooLarge(reason, url=url, sid=sid, cap_bytes=cap)
-
-
-def _paging_error(reason: str, url: str) -> PagingError:
-    _warn("twilio.paging_error", url, None, reason)
-    return PagingError(reason, url=url)
-
-
-def _warn(event: str, url: str, sid: str | None, reason: str) -> None:
-    log.warning(
-        "%s sid=%s url=%s: %s",
-        event,
-        sid or "-",
-        url,
-        reason,
-        extra={"event": event, "sid": sid, "url": url},
-    )
-
-
-def _build_session(
-    username: str, password: str, pool_size: int, user_agent: str
-) -> requests.Session:
-    session = requests.Session()
-    session.auth = (username, password)
-    session.headers["User-Agent"] = user_agent
-    session.headers["Accept"] = "application/json"
-    for prefix in ("https://", "http://"):
-        adapter = GuardedAdapter(
-            pool_connections=_POOL_HOSTS, pool_maxsize=pool_size, max_retries=0
-        )
-        session.mount(prefix, adapter)
-    return session
-
-
-def _pin_environment(session: requests.Session, base_url: str) -> None:
-    """Resolve proxy and CA-bundle variables once, for the one host this client uses.
-
-    With `trust_env` on, requests re-reads os.environ on every request, which
-    costs about a quarter of the CPU of a fetch at the polling rates we run.
-    """
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies.update(settings["proxies"])
-    session.verify = settings["verify"]
-    session.trust_env = False
 
 
 def _check_account(account_sid: str) -> None:

@@ -11,17 +11,15 @@ once) only runs after a failure.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from functools import partial
 from types import TracebackType
 from typing import TypeVar
 
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
@@ -40,27 +38,17 @@ from monitor.twilio.decode import (
     parse_body,
     parse_fetched,
     parse_page,
-    too_large,
 )
 from monitor.twilio.errors import (
-    DeadlineExceeded,
     RateLimited,
     TransientError,
     TwilioError,
     error_for_response,
-    error_for_transport,
 )
+from monitor.twilio.exchange import MIN_TIMEOUT_S, Exchanger, Request, ResponseHook
 from monitor.twilio.hosts import DEFAULT_BASE_URL, api_origin, normalise_base_url
 from monitor.twilio.payloads import ConferencePage
-from monitor.twilio.transport import (
-    WATCHDOG,
-    BodyTooLarge,
-    Deadline,
-    DeadlinePassed,
-    build_session,
-    pin_environment,
-    read_body,
-)
+from monitor.twilio.transport import build_session, pin_environment
 
 log = logging.getLogger("monitor.twilio")
 
@@ -75,20 +63,7 @@ DEFAULT_REQUEST_DEADLINE_S = 4.0
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PAGES = 1000
-ERROR_BODY_CAP_BYTES = 64 * 1024  # an error body only has to yield a code and a message
-_MIN_TIMEOUT_S = 0.05
 _END_FORM = {"Status": "completed"}
-_TRANSPORT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
-# What reading a streamed body can raise once the headers are in.
-_BODY_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
-ResponseHook = Callable[[str, int | None, float], None]
-"""`on_response(operation, http_status_or_None, seconds)`, called once per HTTP attempt."""
 
 T = TypeVar("T")
 
@@ -140,11 +115,11 @@ class TwilioClient:
         self.max_body_bytes = max_body_bytes
         self.max_page_bytes = max_page_bytes
         self.max_pages = max_pages
-        self._timeout = (connect_timeout_s, read_timeout_s)
         self._password = password
-        self._on_response = on_response
         self._session = build_session(username, password, pool_size, user_agent)
         pin_environment(self._session, self.base_url)
+        timeouts = (connect_timeout_s, read_timeout_s)
+        self._exchanger = Exchanger(self._session, timeouts, request_deadline_s, on_response)
         # Built once; its stop and wait strategies drive the hand loop in `_call`.
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts) | stop_before_delay(self.retry_budget_s),
@@ -164,23 +139,15 @@ class TwilioClient:
         account = self._account(account_sid)
         url = self._conference_url(sid, account)
         parse = partial(parse_fetched, sid=sid, account_sid=account)
-        return self._call("fetch", "GET", url, sid, parse, cap=self.max_body_bytes)
+        return self._call(Request("fetch", "GET", url, sid, self.max_body_bytes), parse)
 
     def end_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
         """POST `Status=completed`; repeated only when Twilio cannot have processed it."""
         account = self._account(account_sid)
         url = self._conference_url(sid, account)
         parse = partial(parse_fetched, sid=sid, account_sid=account)
-        return self._call(
-            "end",
-            "POST",
-            url,
-            sid,
-            parse,
-            cap=self.max_body_bytes,
-            data=_END_FORM,
-            idempotent=False,
-        )
+        request = Request("end", "POST", url, sid, self.max_body_bytes, data=_END_FORM)
+        return self._call(request, parse, idempotent=False)
 
     def list_conference_pages(
         self,
@@ -235,7 +202,7 @@ class TwilioClient:
         url = f"{self._account_url(account)}/Conferences.json"
         parse = partial(parse_page, account_sid=account)
         params = {"PageSize": "1"}
-        self._call("verify", "GET", url, None, parse, cap=self.max_page_bytes, params=params)
+        self._call(Request("verify", "GET", url, None, self.max_page_bytes, params), parse)
 
     def close(self) -> None:
         """Close every pooled connection now.
@@ -285,7 +252,7 @@ class TwilioClient:
     ) -> Iterator[ConferencePage]:
         parse = partial(parse_page, account_sid=account_sid)
         cap = self.max_page_bytes
-        page: ConferencePage = self._call("list", "GET", url, None, parse, cap=cap, params=params)
+        page: ConferencePage = self._call(Request("list", "GET", url, None, cap, params), parse)
         yield page
         seen: set[str] = set()
         count = 1
@@ -297,23 +264,11 @@ class TwilioClient:
                 raise paging_error(f"the listing runs past max_pages={self.max_pages}", url)
             seen.add(uri)
             # Exactly as given: it carries an opaque PageToken.
-            page = self._call("list", "GET", self.base_url + uri, None, parse, cap=cap)
+            page = self._call(Request("list", "GET", self.base_url + uri, None, cap), parse)
             count += 1
             yield page
 
-    def _call(
-        self,
-        op: str,
-        method: str,
-        url: str,
-        sid: str | None,
-        parse: Parser[T],
-        *,
-        cap: int,
-        params: dict[str, str] | None = None,
-        data: dict[str, str] | None = None,
-        idempotent: bool = True,
-    ) -> T:
+    def _call(self, request: Request, parse: Parser[T], *, idempotent: bool = True) -> T:
         """Attempt, and on a retryable failure wait and try again within budget and deadline."""
         start = time.monotonic()
         deadline_at = start + self.request_deadline_s
@@ -322,7 +277,7 @@ class TwilioClient:
         while True:
             attempt += 1
             try:
-                return self._attempt(op, method, url, sid, parse, cap, params, data, deadline_at)
+                return self._attempt(request, parse, deadline_at)
             except TwilioError as exc:
                 exc.attempts = attempt
                 if not _retryable(exc, idempotent):
@@ -333,14 +288,7 @@ class TwilioClient:
                 wait = self._next_wait(state, exc, deadline_at)
                 if wait is None:
                     raise
-                log.debug(
-                    "twilio.retry sid=%s url=%s in %.3fs after: %s",
-                    sid or "-",
-                    url,
-                    wait,
-                    exc.reason,
-                    extra={"event": "twilio.retry", "sid": sid, "url": url},
-                )
+                _log_retry(request, wait, exc)
                 time.sleep(wait)
 
     def _next_wait(
@@ -353,91 +301,34 @@ class TwilioClient:
         if retry_after is not None:
             wait = max(wait, retry_after)
         state.upcoming_sleep = wait
-        if self._retrying.stop(state) or now + wait + _MIN_TIMEOUT_S >= deadline_at:
+        if self._retrying.stop(state) or now + wait + MIN_TIMEOUT_S >= deadline_at:
             return None
         state.prepare_for_next_attempt()
         return wait
 
-    def _attempt(
-        self,
-        op: str,
-        method: str,
-        url: str,
-        sid: str | None,
-        parse: Parser[T],
-        cap: int,
-        params: dict[str, str] | None,
-        data: dict[str, str] | None,
-        deadline_at: float,
-    ) -> T:
-        remaining = deadline_at - time.monotonic()
-        if remaining < _MIN_TIMEOUT_S:
-            raise self._late(url, sid)
-        connect, read = self._timeout
-        timeout = (min(connect, remaining), min(read, remaining))
-        began = time.perf_counter()
-        with WATCHDOG.deadline(deadline_at) as deadline:
-            try:
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=data,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
-                )
-            except _TRANSPORT_ERRORS as exc:
-                self._observe(op, None, began)
-                if deadline.passed():
-                    raise self._late(url, sid) from exc
-                raise error_for_transport(exc, url, sid) from exc
-            try:
-                status = response.status_code
-                ok = 200 <= status < 300
-                body = self._body(response, cap if ok else ERROR_BODY_CAP_BYTES, deadline, url, sid)
-            finally:
-                response.close()
-                self._observe(op, response.status_code, began)
-        if ok:
-            return parse_body(parse, body, url, sid)
+    def _attempt(self, request: Request, parse: Parser[T], deadline_at: float) -> T:
+        answer = self._exchanger.attempt(request, deadline_at)
+        if answer.ok:
+            return parse_body(parse, answer.body, request.url, request.sid)
         raise error_for_response(
-            status,
-            body,
-            response.headers.get("Retry-After"),
-            url=url,
-            sid=sid,
+            answer.status,
+            answer.body,
+            answer.retry_after,
+            url=request.url,
+            sid=request.sid,
             redact=self._password,
         )
 
-    def _body(
-        self, response: requests.Response, cap: int, deadline: Deadline, url: str, sid: str | None
-    ) -> bytes:
-        """The capped body; an error body over its cap is dropped, a 2xx one refused."""
-        try:
-            return read_body(response, cap=cap, deadline=deadline, read_timeout_s=self._timeout[1])
-        except DeadlinePassed:
-            raise self._late(url, sid) from None
-        except BodyTooLarge as exc:
-            if not 200 <= response.status_code < 300:
-                return b""
-            raise too_large(url, sid, cap, exc.declared) from None
-        except _BODY_ERRORS as exc:
-            if deadline.passed():
-                raise self._late(url, sid) from exc
-            name = type(exc).__name__
-            raise TransientError(
-                f"response from Twilio cut short ({name})", url=url, sid=sid
-            ) from exc
 
-    def _late(self, url: str, sid: str | None) -> DeadlineExceeded:
-        limit = f"{self.request_deadline_s:g}s"
-        reason = f"no complete answer from Twilio within the {limit} request deadline"
-        return DeadlineExceeded(reason, url=url, sid=sid)
-
-    def _observe(self, op: str, status: int | None, began: float) -> None:
-        if self._on_response is not None:
-            self._on_response(op, status, time.perf_counter() - began)
+def _log_retry(request: Request, wait: float, exc: TwilioError) -> None:
+    log.debug(
+        "twilio.retry sid=%s url=%s in %.3fs after: %s",
+        request.sid or "-",
+        request.url,
+        wait,
+        exc.reason,
+        extra={"event": "twilio.retry", "sid": request.sid, "url": request.url},
+    )
 
 
 def _retryable(exc: TwilioError, idempotent: bool) -> bool:

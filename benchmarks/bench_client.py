@@ -137,7 +137,8 @@ def bench_fetch(url: str, sids: list[str], count: int) -> None:
         for i in range(count):
             client.fetch_conference(sids[i % len(sids)])
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"\nfetch  {count} sequential  {count / wall:.0f}/s  client CPU {cpu / count * 1e3:.3f} ms")
+    per_fetch_ms = cpu / count * 1e3
+    print(f"\nfetch  {count} sequential  {count / wall:.0f}/s  client CPU {per_fetch_ms:.3f} ms")
 
 
 def main() -> None:

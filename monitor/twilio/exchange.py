@@ -105,6 +105,7 @@ class Exchanger:
             try:
                 body = self._body(request, response, deadline)
             finally:
+                deadline.release()  # before the connection can go back to the pool
                 response.close()
                 self._observe(request.op, response.status_code, began)
         return Answer(response.status_code, body, response.headers.get("Retry-After"))

@@ -75,10 +75,12 @@ class Deadline:
             for connection in self._connections:
                 _shutdown(connection)
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """Stop watching (before a connection goes back to the pool); False if it fired."""
         with self._lock:
             self.done = True
             self._connections.clear()
+            return not self.fired
 
 
 class Watchdog:
@@ -211,7 +213,8 @@ def read_body(
         if total > cap:
             raise BodyTooLarge(declared=False)
         parts.append(chunk)
-    if deadline.fired:  # cut just as the last byte came: the connection is gone
+    # Released first, so the watchdog cannot cut the pooled connection under its next user.
+    if not deadline.release():  # cut just as the last byte came: the connection is gone
         raise DeadlinePassed
     raw.release_conn()
     return parts[0] if len(parts) == 1 else b"".join(parts)

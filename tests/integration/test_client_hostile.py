@@ -179,7 +179,10 @@ def test_a_150_mb_body_is_refused_without_reading_it(
     ctl.add_fault("huge", sid=sid, size_bytes=150 * MiB, framing=framing)
     client = make_client()
     peak = PeakRss()
-    with caplog.at_level(logging.WARNING, "monitor.twilio"), pytest.raises(ResponseTooLarge) as caught:  # fmt: skip
+    with (
+        caplog.at_level(logging.WARNING, "monitor.twilio"),
+        pytest.raises(ResponseTooLarge) as caught,
+    ):
         client.fetch_conference(sid)
     assert peak.growth_mib() < 50  # what was read is bounded by the 1 MiB cap
     assert caught.value.cap_bytes == MiB and requests_of(ctl, "fetch") == 1  # not retried
@@ -306,7 +309,9 @@ def test_a_malformed_item_fails_alone(
     assert bad in line.getMessage() and "date_created" in line.getMessage()
 
 
-@pytest.mark.parametrize(("field", "named"), [("sid", "answered with CF"), ("account_sid", "account AC")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("field", "named"), [("sid", "answered with CF"), ("account_sid", "account AC")]
+)
 def test_an_answer_about_another_resource_is_not_retried(
     ctl: SimulatorControl, make_client: Callable[..., TwilioClient], field: str, named: str
 ) -> None:
@@ -345,7 +350,10 @@ def test_date_created_filters_use_twilio_parameter_names(
     make_client: Callable[..., TwilioClient],
 ) -> None:
     clock = Clock()
-    with SimulatorServer(clock=clock, list_default_status=None) as sim, SimulatorControl(sim.url) as ctl:  # fmt: skip
+    with (
+        SimulatorServer(clock=clock, list_default_status=None) as sim,
+        SimulatorControl(sim.url) as ctl,
+    ):
         by_day = {}
         for day in (2, 3, 4, 5):
             clock.now = datetime(2024, 1, day, 23, tzinfo=UTC).timestamp()

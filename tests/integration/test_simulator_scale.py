@@ -140,9 +140,9 @@ def test_100k_conferences_page_through_completely(
 
     ended = sids[::100]  # 1,000 end at once; the listing shrinks by exactly those
     assert ctl.script_all(ended, [{"after_s": 0, "status": "completed"}]) == 1000
-    assert set(listed(client, "in-progress")) == set(sids) - set(ended)
-    assert sorted(listed(client, "completed")) == sorted(ended)
+    assert set(listed_sids(client, "in-progress")) == set(sids) - set(ended)
+    assert sorted(listed_sids(client, "completed")) == sorted(ended)
 
 
-def listed(client: TwilioClient, status: str) -> list[str | None]:
+def listed_sids(client: TwilioClient, status: str) -> list[str | None]:
     return [listed_sid(i) for p in client.list_conference_pages(status=status) for i in p.items]

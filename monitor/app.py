@@ -93,6 +93,7 @@ def build_client(
         read_timeout_s=tw.read_timeout_s,
         pool_size=tw.concurrency,
         retry_budget_s=retry_budget_s(settings.polling.interval_s),
+        request_deadline_s=tw.request_deadline_s,
         **kwargs,
     )
 
@@ -129,7 +130,7 @@ class App:
                 batch_size=polling.batch_size,
                 use_list=polling.use_list,
                 discover=polling.discover,
-                request_deadline_s=getattr(tw, "request_deadline_s", 4.0),
+                request_deadline_s=tw.request_deadline_s,
                 limiter=RateLimiter(tw.max_requests_per_second),
                 on_poll=self.metrics.observe_poll,
                 metrics=self.metrics,

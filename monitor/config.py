@@ -74,6 +74,7 @@ CREDENTIAL_NAMES = {
     "TWILIO_API_KEY": "api_key",
     "TWILIO_API_SECRET": "api_secret",
 }
+HOST_NAMES = {"TWILIO_EDGE": "edge", "TWILIO_REGION": "region"}
 _SECRET_KEYS = ("secret", "secret_env", "secret_credential")
 _WEBHOOK_ONLY = ("url", *_SECRET_KEYS, "headers", "timeout")
 _HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -96,7 +97,8 @@ def load_settings(
     """Read, overlay and validate everything; raise ConfigError listing every problem.
 
     Precedence, highest first: CONFERENCE_MONITOR_<SECTION>_<KEY>, TWILIO_*,
-    $CREDENTIALS_DIRECTORY files, the TOML file, built-in defaults.
+    $CREDENTIALS_DIRECTORY files, the TOML file, TWILIO_EDGE/TWILIO_REGION,
+    built-in defaults.
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
     source = _config_path(path, env)
@@ -283,9 +285,16 @@ def _overlay_credentials_directory(raws: _Layers, ctx: _Context) -> None:
 
 
 def _overlay_twilio_env(raws: _Layers, environ: Mapping[str, str]) -> None:
-    """TWILIO_* as the Twilio SDK and CLI read them; an empty variable counts as unset."""
+    """TWILIO_* as the Twilio SDK and CLI read them; an empty variable counts as unset.
+
+    Credentials win over the file; TWILIO_EDGE/TWILIO_REGION only fill a key the
+    file leaves out, as the SDK lets its explicit arguments win over them.
+    """
     for name, key in CREDENTIAL_NAMES.items():
         if environ.get(name):
+            raws["twilio"][key] = RawValue(environ[name], Origin(env=name), textual=True)
+    for name, key in HOST_NAMES.items():
+        if environ.get(name) and key not in raws["twilio"]:
             raws["twilio"][key] = RawValue(environ[name], Origin(env=name), textual=True)
 
 

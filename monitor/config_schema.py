@@ -20,11 +20,13 @@ from sqlalchemy.exc import ArgumentError
 
 from monitor.domain import ACCOUNT_SID_RE, API_KEY_SID_RE
 from monitor.durations import format_duration, parse_duration
+from monitor.twilio.hosts import default_edge
 
 MASK = "********"
 
 DEFAULT_CONNECT_TIMEOUT_S = 3.05
 DEFAULT_READ_TIMEOUT_S = 5.0
+DEFAULT_REQUEST_DEADLINE_S = 4.0  # a whole Twilio call: attempts, bodies, retries, waits
 DEFAULT_CONCURRENCY = 16
 DEFAULT_POLL_INTERVAL_S = 5.0
 DEFAULT_POLL_JITTER_S = 0.5
@@ -114,6 +116,7 @@ class TwilioSettings:
     base_url: str | None = None
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S
     concurrency: int = DEFAULT_CONCURRENCY  # max simultaneous requests to Twilio (1..100)
     max_requests_per_second: float = 0.0  # 0 = unlimited
 
@@ -263,6 +266,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         base_url=("opt_str", "base_url"),
         connect_timeout=("duration", "connect_timeout_s"),
         read_timeout=("duration", "read_timeout_s"),
+        request_deadline=("duration", "request_deadline_s"),
         concurrency=("int", "concurrency"),
         max_requests_per_second=("float", "max_requests_per_second"),
     ),
@@ -464,12 +468,15 @@ def check_twilio(s: SectionValues) -> None:
         value = s.get(key)
         if value is not None and not _EDGE_RE.fullmatch(value):
             s.problem(key, f"must be lower-case letters, digits and '-' (got {value!r})")
-    if s.given("edge") != s.given("region"):
-        given, missing = ("edge", "region") if s.given("edge") else ("region", "edge")
-        s.problem(given, f"needs twilio.{missing} too: give both or neither")
+    region = s.get("region")
+    if region and _EDGE_RE.fullmatch(region) and not s.get("edge") and not s.get("base_url"):
+        try:
+            default_edge(region)
+        except ValueError as e:
+            s.problem("region", f"{e}; set twilio.edge (or TWILIO_EDGE) too")
     if s.get("base_url") is not None and (why := url_problem(s.get("base_url"), bare=True)):
         s.problem("base_url", why)
-    for key in ("connect_timeout", "read_timeout"):
+    for key in ("connect_timeout", "read_timeout", "request_deadline"):
         if s.get(key) == 0:
             s.problem(key, "must be more than 0")
     if not 1 <= (count := s.get("concurrency", 1)) <= 100:

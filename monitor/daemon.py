@@ -34,7 +34,6 @@ from monitor.app import (
     build_notifiers,
     effective_notifiers,
     recipients_for,
-    retry_budget_s,
 )
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.db.engine import require_current_schema
@@ -64,17 +63,13 @@ DEFAULT_STALL_LIMIT_S = 60.0
 def stall_limit_s(settings: Settings, watchdog_timeout_s: float | None) -> float:
     """How long the poll loop may go without progress before it counts as hung.
 
-    Progress is marked at every tick's start and end and after every Twilio
-    fetch, so the longest healthy gap is one fetch (connect and read timeouts
-    plus the retry budget) or one database statement. The limit is the watchdog
-    timeout (so a hang is reported within about two timeouts), but never less
-    than one worst-case fetch, so a slow Twilio is not mistaken for a hang.
+    Progress is marked every time the fetch loop looks for answers (at least
+    every 0.1 s while it waits), so the longest healthy gap is one database
+    statement; a Twilio call never lasts longer than `twilio.request_deadline`.
+    The limit is the watchdog timeout (so a hang is reported within about two
+    timeouts), but never less than one whole Twilio call.
     """
-    tw = settings.twilio
-    one_fetch = (
-        tw.connect_timeout_s + tw.read_timeout_s + retry_budget_s(settings.polling.interval_s)
-    )
-    return max(watchdog_timeout_s or DEFAULT_STALL_LIMIT_S, one_fetch)
+    return max(watchdog_timeout_s or DEFAULT_STALL_LIMIT_S, settings.twilio.request_deadline_s)
 
 
 @dataclass

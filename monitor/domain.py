@@ -137,13 +137,108 @@ class Conference:
         _check_aware("date_created", self.date_created)
         _check_aware("date_updated", self.date_updated)
 
+    @classmethod
+    def from_validated(
+        cls,
+        sid: str,
+        account_sid: str | None,
+        friendly_name: str | None,
+        status: str | None,
+        region: str | None,
+        reason_conference_ended: str | None,
+        call_sid_ending_conference: str | None,
+        date_created: datetime | None,
+        date_updated: datetime | None,
+        api_version: str | None,
+        uri: str | None,
+        subresource_uris: Mapping[str, str] | None,
+        raw: Mapping[str, Any],
+    ) -> Conference:
+        """Build without `__post_init__`, for a parser that has made the very same checks.
+
+        Parsing is on the hot path of a list sweep, and a frozen dataclass's
+        `__init__` costs several times the parse itself.
+        """
+        conference = object.__new__(cls)
+        # Frozen: the instance dict is set wholesale, past the dataclass's __setattr__.
+        object.__setattr__(
+            conference,
+            "__dict__",
+            {
+                "sid": sid,
+                "account_sid": account_sid,
+                "friendly_name": friendly_name,
+                "status": status,
+                "region": region,
+                "reason_conference_ended": reason_conference_ended,
+                "call_sid_ending_conference": call_sid_ending_conference,
+                "date_created": date_created,
+                "date_updated": date_updated,
+                "api_version": api_version,
+                "uri": uri,
+                "subresource_uris": subresource_uris,
+                "raw": raw,
+            },
+        )
+        return conference
+
     @cached_property
     def content_hash(self) -> str:
         """Digest of the resource as received: equal hashes mean nothing changed."""
         return fingerprint(self.raw if self.raw else _fields_as_json(self))
 
     def raw_json(self) -> str:
-        return json.dumps(self.raw if self.raw else _fields_as_json(self), separators=(",", ":"))
+        """The object as received, for storage; unknown fields go when it passes the cap.
+
+        Past `RAW_JSON_CAP_BYTES`, only the documented fields are kept, plus a
+        `DROPPED_FIELDS_KEY` marker naming (some of) the dropped ones, so a
+        hostile or bloated response cannot fill the database.
+        """
+        source = self.raw if self.raw else _fields_as_json(self)
+        text = _dumps(source)
+        if len(text) <= RAW_JSON_CAP_BYTES:
+            return text.decode()
+        return _dumps(_documented_only(source, len(text))).decode()
+
+
+# What `Conference.raw_json` stores at most before it drops the unknown fields.
+RAW_JSON_CAP_BYTES = 16 * 1024
+DROPPED_FIELDS_KEY = "_dropped_fields"
+MAX_DROPPED_NAMES = 20
+_MAX_NAME_CHARS = 64
+DOCUMENTED_FIELDS: tuple[str, ...] = (
+    "sid",
+    "account_sid",
+    "friendly_name",
+    "status",
+    "region",
+    "reason_conference_ended",
+    "call_sid_ending_conference",
+    "date_created",
+    "date_updated",
+    "api_version",
+    "uri",
+    "subresource_uris",
+)
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # a value orjson cannot encode (never from JSON input)
+        return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def _documented_only(raw: Mapping[str, Any], size: int) -> dict[str, Any]:
+    """The documented fields of `raw`, and a marker listing what was dropped."""
+    kept = {name: raw[name] for name in DOCUMENTED_FIELDS if name in raw}
+    dropped = sorted(str(name) for name in raw if name not in kept)
+    kept[DROPPED_FIELDS_KEY] = {
+        "count": len(dropped),
+        "names": [name[:_MAX_NAME_CHARS] for name in dropped[:MAX_DROPPED_NAMES]],
+        "bytes": size,
+    }
+    return kept
 
 
 def _fields_as_json(c: Conference) -> dict[str, Any]:

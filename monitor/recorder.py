@@ -24,7 +24,10 @@ from monitor.twilio.errors import (
     BadPayload,
     ConferenceNotFound,
     CredentialsRejected,
+    PagingError,
     RateLimited,
+    ResourceMismatch,
+    ResponseTooLarge,
     TwilioError,
 )
 
@@ -243,6 +246,9 @@ def outcome_name(result: object) -> str:
         (CredentialsRejected, "auth_failed"),
         (RateLimited, "rate_limited"),
         (BadPayload, "bad_payload"),
+        (ResponseTooLarge, "bad_payload"),
+        (ResourceMismatch, "bad_payload"),
+        (PagingError, "bad_payload"),
         (TwilioError, "transient"),
     ):
         if isinstance(result, kind):

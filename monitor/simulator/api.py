@@ -7,60 +7,30 @@ sent is meant to validate against Twilio's OpenAPI description.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
+
+from monitor.simulator.faults import ERROR_KINDS, HOSTILE_KINDS
+from monitor.simulator.hostile import bend
+from monitor.simulator.replies import JSON_TYPE, Reply, json_reply, twilio_error
 from monitor.simulator.state import STATUSES, DateRange, ListQuery, SimulatorError
 
 if TYPE_CHECKING:
     from monitor.simulator.server import SimulatorServer
 
+__all__ = ["JSON_TYPE", "Reply", "handle_api", "json_reply", "twilio_error"]
+
 MAX_PAGE_SIZE = 1000
-JSON_TYPE = "application/json; charset=utf-8"
 
 _API = r"^/2010-04-01/Accounts/(?P<account>AC[0-9a-fA-F]{32})/Conferences"
 LIST_RE = re.compile(_API + r"\.json$")
 CONFERENCE_RE = re.compile(_API + r"/(?P<sid>[^/]+)\.json$")
 PARTICIPANTS_RE = re.compile(_API + r"/(?P<sid>[^/]+)/Participants\.json$")
-ERROR_TEXT = {
-    20001: "Invalid parameter",
-    20003: "Authenticate",
-    20004: "Method not allowed",
-    20404: "The requested resource was not found",
-    20429: "Too Many Requests",
-    20500: "Internal Server Error",
-    20503: "Service Unavailable",
-}
-
-
-@dataclass
-class Reply:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = JSON_TYPE
-
-
-def json_reply(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload).encode())
-
-
-def twilio_error(status: int, code: int, message: str | None = None) -> Reply:
-    """Twilio's error body: code, message, more_info, status."""
-    return json_reply(
-        status,
-        {
-            "code": code,
-            "message": message or ERROR_TEXT.get(code, "Error"),
-            "more_info": f"https://www.twilio.com/docs/errors/{code}",
-            "status": status,
-        },
-    )
 
 
 def _kind(method: str, path: str) -> str:
@@ -74,19 +44,25 @@ def _kind(method: str, path: str) -> str:
 def handle_api(
     sim: SimulatorServer, method: str, path: str, query: str, body: bytes, headers: Any
 ) -> Reply:
-    """Faults first (they model the network and Twilio's edge), then auth, then routes."""
-    fault = sim.faults.take(path)
-    sim.stats.record(_kind(method, path), faulted=fault is not None)
-    if fault is not None:
-        if fault.kind != "delay":
-            return _fault_reply(fault.kind, fault.retry_after)
+    """Faults first (they model the network and Twilio's edge), then auth, then routes;
+    a hostile fault then bends the successful answer."""
+    kind = _kind(method, path)
+    fault = sim.faults.take(path, kind)
+    sim.stats.record(kind, faulted=fault is not None)
+    if fault is not None and fault.kind in ERROR_KINDS:
+        return _fault_reply(fault.kind, fault.retry_after)
+    if fault is not None and fault.kind == "delay":
         sim.wait(fault.delay_s)
     if not sim.authenticated(headers.get("Authorization")):
         return twilio_error(401, 20003)
+    params = dict(parse_qsl(query))
     try:
-        return _route(sim, method, path, dict(parse_qsl(query)), body)
+        reply = _route(sim, method, path, params, body)
     except SimulatorError as err:
         return twilio_error(err.status, err.code, err.message)
+    if fault is not None and fault.kind in HOSTILE_KINDS:
+        reply = bend(fault, reply, params)
+    return reply
 
 
 def _fault_reply(kind: str, retry_after: float | None) -> Reply:
@@ -104,14 +80,14 @@ def _route(
     state = sim.state
     if m := LIST_RE.match(path):
         _require(method, "GET")
-        return json_reply(200, list_envelope(sim, m["account"], params))
+        return Reply(200, list_body(sim, m["account"], params))
     if m := CONFERENCE_RE.match(path):
         _require(method, "GET", "POST")
         if method == "POST":
             conf = _update(sim, m["account"], m["sid"], dict(parse_qsl(body.decode())))
-        else:
-            conf = state.get(m["account"], m["sid"])
-        return json_reply(200, conf) if conf else _not_found(path)
+            return json_reply(200, conf) if conf else _not_found(path)
+        found = state.fetch(m["account"], m["sid"])
+        return Reply(200, found) if found else _not_found(path)
     if m := PARTICIPANTS_RE.match(path):
         _require(method, "GET")
         if not state.get(m["account"], m["sid"]):
@@ -196,8 +172,11 @@ def parse_list_query(params: Mapping[str, str], default_status: str | None = Non
     )
 
 
-def list_envelope(sim: SimulatorServer, account: str, params: Mapping[str, str]) -> dict[str, Any]:
-    """The list page with Twilio's envelope; URIs keep the filters, `PageToken` is opaque."""
+def list_body(sim: SimulatorServer, account: str, params: Mapping[str, str]) -> bytes:
+    """The list page with Twilio's envelope; URIs keep the filters, `PageToken` is opaque.
+
+    The conferences' cached JSON is spliced in as bytes: a page of 1,000 costs a join.
+    """
     if account != sim.account_sid and not sim.state.has_account(account):
         raise SimulatorError(404, 20404, f"Account {account} not found")
     query = parse_list_query(params, sim.list_default_status)
@@ -211,8 +190,7 @@ def list_envelope(sim: SimulatorServer, account: str, params: Mapping[str, str])
         return f"{base}?{urlencode(pairs + ([('PageToken', token)] if token else []))}"
 
     start = page * query.page_size
-    return {
-        "conferences": found.conferences,
+    rest = {
         "first_page_uri": uri(0, None),
         "next_page_uri": uri(page + 1, found.next_token) if found.next_token else None,
         "previous_page_uri": (
@@ -224,6 +202,7 @@ def list_envelope(sim: SimulatorServer, account: str, params: Mapping[str, str])
         "end": start + max(len(found.conferences) - 1, 0),
         "uri": uri(page, query.page_token),
     }
+    return b'{"conferences":[' + b",".join(found.conferences) + b"]," + orjson.dumps(rest)[1:]
 
 
 def _participants_envelope(path: str, page_size: int) -> dict[str, Any]:

@@ -33,6 +33,22 @@ class SimulatorControl:
         result: dict[str, Any] = self._call("POST", "/_sim/conferences", fields)
         return result
 
+    def create_conferences(self, count: int, **fields: Any) -> list[str]:
+        """`count` conferences in one request (fields as `create_conference`, but no sid;
+        `{n}` in friendly_name becomes 0, 1, 2, ...); returns their SIDs in order."""
+        result = self._call("POST", "/_sim/conferences/bulk", {"count": count, **fields})
+        return [str(sid) for sid in result["sids"]]
+
+    def script_many(self, scripts: Mapping[str, Iterable[Mapping[str, Any]]]) -> int:
+        """A script per SID, in one request; returns the number of steps scheduled."""
+        body = {"scripts": {sid: [dict(step) for step in steps] for sid, steps in scripts.items()}}
+        return int(self._call("POST", "/_sim/scripts", body)["scheduled"])
+
+    def script_all(self, sids: Iterable[str], steps: Iterable[Mapping[str, Any]]) -> int:
+        """The same script for every SID (e.g. end them all in 5 s), in one request."""
+        body = {"sids": list(sids), "steps": [dict(step) for step in steps]}
+        return int(self._call("POST", "/_sim/scripts", body)["scheduled"])
+
     def conference(self, sid: str) -> dict[str, Any]:
         """The conference as the API would show it, even while hidden."""
         result: dict[str, Any] = self._call("GET", f"/_sim/conferences/{sid}")
@@ -55,7 +71,8 @@ class SimulatorControl:
         return result
 
     def add_fault(self, kind: str, **options: Any) -> str:
-        """Options: count, for_s, retry_after (429), delay_s (delay), sid."""
+        """Options: count, for_s, sid, retry_after (429), delay_s (delay, drip),
+        size_bytes and framing (huge), field (mismatch), endless (loop)."""
         return str(self._call("POST", "/_sim/faults", {"kind": kind, **options})["id"])
 
     def clear_faults(self) -> int:

@@ -10,25 +10,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
-import json
 import logging
-import re
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.simulator.api import Reply, handle_api, json_reply, twilio_error
+from monitor.simulator.admin import handle_control
+from monitor.simulator.api import Reply, handle_api, twilio_error
 from monitor.simulator.callbacks import CallbackSender
 from monitor.simulator.faults import FaultBook, RequestStats
 from monitor.simulator.state import (
     DEFAULT_ACCOUNT_SID,
     Clock,
     SimulatorState,
-    parse_steps,
 )
 
 _log = logging.getLogger(__name__)
@@ -139,9 +137,25 @@ class SimulatorServer:
             except Exception:  # the ticker must outlive any one bad step
                 _log.exception("event=simulator_tick_failed")
 
-    def wait(self, seconds: float) -> None:
-        """Sleep, cut short by `stop()` (used by the delay fault)."""
-        self._stopping.wait(seconds)
+    def wait(self, seconds: float) -> bool:
+        """Sleep, cut short by `stop()` (delay and drip faults); True if stopping."""
+        return self._stopping.wait(seconds)
+
+
+def _pieces(reply: Reply) -> Iterator[bytes]:
+    if reply.stream is not None:
+        yield from reply.stream()
+    elif reply.drip_s:
+        body = reply.body
+        yield from (body[i : i + 1] for i in range(len(body)))
+    else:
+        yield reply.body
+
+
+def _framed(piece: bytes, framing: str) -> bytes:
+    if framing != "chunked" or not piece:
+        return piece
+    return b"%x\r\n%b\r\n" % (len(piece), piece)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -214,6 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:
+        if reply.stream is not None or reply.drip_s:
+            self._send_slowly(reply)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -226,90 +243,38 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-
-# -- the control interface ---------------------------------------------------
-
-_CONTROL_CONF_RE = re.compile(r"^/_sim/conferences/(?P<sid>[^/]+)(?P<rest>/[a-z]+)?$")
-_CREATE_FIELDS = (
-    "friendly_name",
-    "region",
-    "status",
-    "sid",
-    "account_sid",
-    "hidden_for_s",
-    "status_callback",
-)
-_FAULT_FIELDS = ("count", "for_s", "retry_after", "delay_s", "sid")
-
-
-def handle_control(sim: SimulatorServer, method: str, path: str, body: bytes) -> Reply:
-    """JSON in, JSON out, no auth; bad input is a 400 `{"error": ...}`."""
-    try:
-        data = json.loads(body) if body else {}
-        if not isinstance(data, dict):
-            raise ValueError("body must be a JSON object")
-        status, payload = _control_route(sim, method, path, data)
-    except KeyError as err:
-        return json_reply(404, {"error": str(err.args[0] if err.args else err)})
-    except (ValueError, TypeError) as err:
-        return json_reply(400, {"error": str(err)})
-    return json_reply(status, payload)
-
-
-def _control_route(
-    sim: SimulatorServer, method: str, path: str, data: dict[str, Any]
-) -> tuple[int, Any]:
-    state = sim.state
-    route = (method, path)
-    if route == ("POST", "/_sim/conferences"):
-        kwargs = _fields(data, _CREATE_FIELDS)
-        kwargs.setdefault("account_sid", sim.account_sid)
-        callback = kwargs.get("status_callback")
-        if callback is not None and not str(callback).startswith(("http://", "https://")):
-            raise ValueError("status_callback must be an http(s) URL")
-        return 201, state.create(**kwargs)
-    if route == ("POST", "/_sim/faults"):
-        kind = data.get("kind")
-        if not isinstance(kind, str):
-            raise ValueError("fault needs a kind")
-        options = _fields({k: v for k, v in data.items() if k != "kind"}, _FAULT_FIELDS)
-        return 201, {"id": sim.faults.add(kind, **options)}
-    if route == ("DELETE", "/_sim/faults"):
-        return 200, {"cleared": sim.faults.clear()}
-    if route == ("GET", "/_sim/stats"):
-        return 200, sim.stats.snapshot()
-    if route == ("POST", "/_sim/reset"):
-        sim.reset()
-        return 200, {}
-    if m := _CONTROL_CONF_RE.match(path):
-        return _conference_route(sim, method, m["sid"], m["rest"] or "", data)
-    raise KeyError(f"no control route {method} {path}")
-
-
-def _fields(data: dict[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
-    """The given fields, refusing unknown ones so a typo is an error, not a silent default."""
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown field(s) {unknown}; expected some of {list(allowed)}")
-    return {k: v for k, v in data.items() if v is not None}
-
-
-def _conference_route(
-    sim: SimulatorServer, method: str, sid: str, rest: str, data: dict[str, Any]
-) -> tuple[int, Any]:
-    state = sim.state
-    if (method, rest) == ("GET", ""):
-        return 200, state.peek(sid)
-    if (method, rest) == ("POST", "/status"):
-        if "status" not in data:
-            raise ValueError("status is required")
-        return 200, state.set_status(sid, data["status"], data.get("reason"), data.get("call_sid"))
-    if (method, rest) == ("POST", "/script"):
-        steps = parse_steps(data.get("steps") or [])
-        return 200, {"sid": sid, "scheduled": state.script(sid, steps)}
-    if (method, rest) == ("GET", "/transitions"):
-        return 200, state.transitions(sid)
-    raise KeyError(f"no control route {method} {rest or '/'} for {sid}")
+    def _send_slowly(self, reply: Reply) -> None:
+        """A hostile body: streamed (`huge`) or a byte at a time (`drip`), until the client
+        hangs up or the server stops; counted in the stats either way."""
+        sim, sent, complete = self.server.sim, 0, False
+        length = reply.length if reply.stream is not None else len(reply.body)
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            if reply.framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+            elif reply.framing == "close" or length is None:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(length))
+            self.end_headers()
+            for piece in _pieces(reply):
+                self.wfile.write(_framed(piece, reply.framing))
+                self.wfile.flush()
+                sent += len(piece)
+                if reply.drip_s and sim.wait(reply.drip_s):
+                    return
+            if reply.framing == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            complete = True
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        finally:
+            if not complete:
+                self.close_connection = True
+            sim.stats.streamed(sent, complete)
 
 
 def serve_forever(

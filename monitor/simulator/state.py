@@ -3,192 +3,54 @@
 Pure and thread-safe: no sockets here, and time comes from an injected clock so
 tests can drive dates. Scripted status changes are kept in a heap and applied
 lazily (on every read, or when `advance()` runs), stamped with their scheduled
-time rather than the time they happened to be noticed.
+time rather than the time they happened to be noticed. Conferences can be made
+and scripted in bulk, and listing stays about a page's work at 100,000.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 import threading
 import time
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from email.utils import format_datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from monitor.domain import (
-    ACCOUNT_SID_RE,
-    CALL_SID_RE,
-    CONFERENCE_SID_RE,
-    END_REASONS,
-    Status,
+from monitor.domain import ACCOUNT_SID_RE, CONFERENCE_SID_RE, Status
+from monitor.simulator.listing import DateRange, ListIndex, ListQuery, PageSlice
+from monitor.simulator.records import (
+    DEFAULT_ACCOUNT_SID,
+    DEFAULT_END_REASON,
+    DEFAULT_REGION,
+    STATUSES,
+    VIA_API,
+    CallbackEvent,
+    Clock,
+    Record,
+    ScriptStep,
+    SimulatorError,
+    check_status,
+    new_sid,
+    rfc2822,
 )
 
-API_VERSION = "2010-04-01"
-DEFAULT_ACCOUNT_SID = "AC" + "5" * 32
-DEFAULT_REGION = "us1"
-VIA_API = "conference-ended-via-api"
-DEFAULT_END_REASON = "last-participant-left"
-STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+__all__ = [
+    "DEFAULT_ACCOUNT_SID",
+    "STATUSES",
+    "CallbackEvent",
+    "Clock",
+    "DateRange",
+    "ListQuery",
+    "PageSlice",
+    "ScriptStep",
+    "SimulatorError",
+    "SimulatorState",
+    "new_sid",
+    "parse_steps",
+    "rfc2822",
+]
 
-Clock = Callable[[], float]
-
-
-class SimulatorError(Exception):
-    """A request the simulator refuses; the server turns it into a Twilio error body."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def rfc2822(epoch: float) -> str:
-    """Twilio's date format: `Fri, 18 Feb 2011 19:26:50 +0000` (whole seconds, UTC)."""
-    return format_datetime(datetime.fromtimestamp(int(epoch), UTC), usegmt=False)
-
-
-def new_sid(prefix: str) -> str:
-    return prefix + secrets.token_hex(16)
-
-
-@dataclass(frozen=True)
-class ScriptStep:
-    """One scheduled status change, `after_s` seconds after the script was given."""
-
-    after_s: float
-    status: str
-    reason: str | None = None
-    call_sid: str | None = None
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ScriptStep:
-        try:
-            step = cls(float(raw["after_s"]), raw["status"], raw.get("reason"), raw.get("call_sid"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"bad script step {raw!r}: needs after_s and status") from exc
-        _check_status(step.status, step.reason, step.call_sid)
-        return step
-
-
-@dataclass(frozen=True)
-class CallbackEvent:
-    """A status callback Twilio would POST: `conference-start` or `conference-end`."""
-
-    url: str
-    event: str
-    sequence: int
-    at: float
-    conference_sid: str
-    account_sid: str
-    friendly_name: str | None
-    reason: str | None = None
-    call_sid: str | None = None
-
-    def form(self) -> dict[str, str]:
-        params = {
-            "ConferenceSid": self.conference_sid,
-            "FriendlyName": self.friendly_name,
-            "AccountSid": self.account_sid,
-            "StatusCallbackEvent": self.event,
-            "SequenceNumber": str(self.sequence),
-            "Timestamp": rfc2822(self.at),
-        }
-        if self.event == "conference-end":
-            params["ReasonConferenceEnded"] = self.reason
-            params["CallSidEndingConference"] = self.call_sid
-        return {k: v for k, v in params.items() if v is not None}
-
-
-@dataclass
-class _Record:
-    sid: str
-    account_sid: str
-    friendly_name: str | None
-    region: str | None
-    created_at: float
-    visible_at: float
-    status_callback: str | None
-    status: str = Status.INIT.value
-    reason: str | None = None
-    call_sid: str | None = None
-    updated_at: float = 0.0
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-    sequence: int = 0
-    script_gen: int = 0
-
-    @property
-    def order_key(self) -> tuple[float, str]:
-        """Newest first, then by SID: the list order and what a page token points at."""
-        return (-self.created_at, self.sid)
-
-    def as_json(self) -> dict[str, Any]:
-        base = f"/2010-04-01/Accounts/{self.account_sid}/Conferences/{self.sid}"
-        return {
-            "account_sid": self.account_sid,
-            "api_version": API_VERSION,
-            "date_created": rfc2822(self.created_at),
-            "date_updated": rfc2822(self.updated_at),
-            "friendly_name": self.friendly_name,
-            "sid": self.sid,
-            "region": self.region,
-            "status": self.status,
-            "subresource_uris": {
-                "participants": f"{base}/Participants.json",
-                "recordings": f"{base}/Recordings.json",
-            },
-            "uri": f"{base}.json",
-            "reason_conference_ended": self.reason,
-            "call_sid_ending_conference": self.call_sid,
-        }
-
-
-def _check_status(status: str, reason: str | None, call_sid: str | None) -> None:
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-    if reason is not None and reason not in END_REASONS:
-        raise ValueError(f"reason must be one of {END_REASONS}, got {reason!r}")
-    if call_sid is not None and not CALL_SID_RE.match(call_sid):
-        raise ValueError(f"call_sid must match {CALL_SID_RE.pattern}, got {call_sid!r}")
-
-
-@dataclass(frozen=True)
-class DateRange:
-    """A Twilio date filter on one field: `X=`, `X<=` and `X>=`, all inclusive, UTC days."""
-
-    on: date | None = None
-    before: date | None = None
-    after: date | None = None
-
-    def contains(self, epoch: float) -> bool:
-        day = datetime.fromtimestamp(epoch, UTC).date()
-        return not (
-            (self.on and day != self.on)
-            or (self.before and day > self.before)
-            or (self.after and day < self.after)
-        )
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    status: str | None = None
-    friendly_name: str | None = None
-    created: DateRange = DateRange()
-    updated: DateRange = DateRange()
-    page_size: int = 50
-    page_token: str | None = None
-
-
-@dataclass(frozen=True)
-class PageSlice:
-    conferences: list[dict[str, Any]]
-    next_token: str | None
-    previous_token: str | None
+MAX_BULK = 1_000_000
 
 
 class SimulatorState:
@@ -202,7 +64,8 @@ class SimulatorState:
         self._clock = clock or time.time
         self._listener = listener
         self._lock = threading.Lock()
-        self._conferences: dict[str, _Record] = {}
+        self._conferences: dict[str, Record] = {}
+        self._index = ListIndex()
         self._accounts: set[str] = set()
         self._due: list[tuple[float, int, str, int, ScriptStep]] = []
         self._seq = itertools.count()
@@ -223,24 +86,45 @@ class SimulatorState:
         status_callback: str | None = None,
     ) -> dict[str, Any]:
         sid = sid or new_sid("CF")
-        if not CONFERENCE_SID_RE.match(sid):
+        if not CONFERENCE_SID_RE.fullmatch(sid):
             raise ValueError(f"sid must match {CONFERENCE_SID_RE.pattern}, got {sid!r}")
-        if not ACCOUNT_SID_RE.match(account_sid):
-            raise ValueError(f"account_sid must match {ACCOUNT_SID_RE.pattern}")
-        _check_status(status, None, None)
+        _check_new(account_sid, status)
         with self._lock:
             if sid in self._conferences:
                 raise ValueError(f"conference {sid} already exists")
-            now = self._clock()
-            rec = _Record(
-                sid, account_sid, friendly_name, region, now, now + hidden_for_s, status_callback
-            )
-            self._conferences[sid] = rec
-            self._accounts.add(account_sid)
-            self._change(rec, status, now, None, None, force=True)
+            rec = self._new(sid, account_sid, friendly_name, region, hidden_for_s, status_callback)
+            self._change(rec, status, rec.created_at, None, None, force=True)
+            self._index.add(rec)
             out = rec.as_json()
         self._flush()
         return out
+
+    def create_many(
+        self,
+        count: int,
+        *,
+        account_sid: str = DEFAULT_ACCOUNT_SID,
+        friendly_name: str | None = None,
+        region: str | None = DEFAULT_REGION,
+        status: str = Status.INIT.value,
+        hidden_for_s: float = 0.0,
+        status_callback: str | None = None,
+    ) -> list[str]:
+        """`count` new conferences at once; `{n}` in `friendly_name` becomes 0, 1, 2, ..."""
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BULK:
+            raise ValueError(f"count must be a whole number from 1 to {MAX_BULK}, got {count!r}")
+        _check_new(account_sid, status)
+        names = _names(friendly_name, count)
+        with self._lock:
+            made = []
+            for name in names:
+                sid = new_sid("CF")
+                rec = self._new(sid, account_sid, name, region, hidden_for_s, status_callback)
+                self._change(rec, status, rec.created_at, None, None, force=True)
+                made.append(rec)
+            self._index.add_many(made)
+        self._flush()
+        return [rec.sid for rec in made]
 
     def has_account(self, account_sid: str) -> bool:
         with self._lock:
@@ -252,6 +136,15 @@ class SimulatorState:
             self._advance_locked()
             rec = self._visible(account_sid, sid)
             out = rec.as_json() if rec else None
+        self._flush()
+        return out
+
+    def fetch(self, account_sid: str, sid: str) -> bytes | None:
+        """`get` as the JSON bytes the API sends (cached until the conference changes)."""
+        with self._lock:
+            self._advance_locked()
+            rec = self._visible(account_sid, sid)
+            out = rec.as_bytes() if rec else None
         self._flush()
         return out
 
@@ -278,7 +171,7 @@ class SimulatorState:
         self, sid: str, status: str, reason: str | None = None, call_sid: str | None = None
     ) -> dict[str, Any]:
         """Any status now, backwards included, so regressions can be simulated."""
-        _check_status(status, reason, call_sid)
+        check_status(status, reason, call_sid)
         with self._lock:
             self._advance_locked()
             rec = self._find(sid)
@@ -289,16 +182,21 @@ class SimulatorState:
 
     def script(self, sid: str, steps: Sequence[ScriptStep]) -> int:
         """Schedule steps relative to now, replacing any steps still pending."""
+        return self.script_many({sid: steps})
+
+    def script_many(self, scripts: Mapping[str, Sequence[ScriptStep]]) -> int:
+        """Scripts for many conferences at once (all or none: every SID must exist)."""
         with self._lock:
-            rec = self._find(sid)
-            rec.script_gen += 1
+            records = [self._find(sid) for sid in scripts]
             start = self._clock()
-            for step in steps:
-                entry = (start + step.after_s, next(self._seq), sid, rec.script_gen, step)
-                heapq.heappush(self._due, entry)
+            for rec in records:
+                rec.script_gen += 1
+                for step in scripts[rec.sid]:
+                    entry = (start + step.after_s, next(self._seq), rec.sid, rec.script_gen, step)
+                    heapq.heappush(self._due, entry)
             self._advance_locked()
         self._flush()
-        return len(steps)
+        return sum(len(steps) for steps in scripts.values())
 
     def transitions(self, sid: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -315,26 +213,20 @@ class SimulatorState:
         return applied
 
     def list_page(self, account_sid: str, query: ListQuery) -> PageSlice:
-        """One page, newest first; tokens are `PA`/`PB` + the SID a page starts after/before."""
+        """One page, newest first, as JSON bytes per conference."""
         with self._lock:
             self._advance_locked()
-            matches = sorted(
-                (r for r in self._conferences.values() if self._matches(r, account_sid, query)),
-                key=lambda r: r.order_key,
-            )
-            start, stop = self._window(account_sid, query, [r.order_key for r in matches])
-            page = matches[start:stop]
-            out = PageSlice(
-                [r.as_json() for r in page],
-                f"PA{page[-1].sid}" if page and stop < len(matches) else None,
-                f"PB{page[0].sid}" if page and start > 0 else None,
+            now = self._clock()
+            page = self._index.page(
+                account_sid, query, self._conferences, lambda rec: rec.visible_at <= now
             )
         self._flush()
-        return out
+        return page
 
     def reset(self) -> None:
         with self._lock:
             self._conferences.clear()
+            self._index.clear()
             self._accounts.clear()
             self._due.clear()
             self._events.clear()
@@ -345,42 +237,34 @@ class SimulatorState:
 
     # -- internals, called with the lock held ---------------------------------
 
-    def _find(self, sid: str) -> _Record:
+    def _new(
+        self,
+        sid: str,
+        account_sid: str,
+        friendly_name: str | None,
+        region: str | None,
+        hidden_for_s: float,
+        status_callback: str | None,
+    ) -> Record:
+        now = self._clock()
+        rec = Record(
+            sid, account_sid, friendly_name, region, now, now + hidden_for_s, status_callback
+        )
+        self._conferences[sid] = rec
+        self._accounts.add(account_sid)
+        return rec
+
+    def _find(self, sid: str) -> Record:
         rec = self._conferences.get(sid)
         if rec is None:
             raise KeyError(f"no conference {sid}")
         return rec
 
-    def _visible(self, account_sid: str, sid: str) -> _Record | None:
+    def _visible(self, account_sid: str, sid: str) -> Record | None:
         rec = self._conferences.get(sid)
         if rec is None or rec.account_sid != account_sid or rec.visible_at > self._clock():
             return None
         return rec
-
-    def _matches(self, rec: _Record, account_sid: str, q: ListQuery) -> bool:
-        return (
-            rec.account_sid == account_sid
-            and rec.visible_at <= self._clock()
-            and (q.status is None or rec.status == q.status)
-            and (q.friendly_name is None or rec.friendly_name == q.friendly_name)
-            and q.created.contains(rec.created_at)
-            and q.updated.contains(rec.updated_at)
-        )
-
-    def _window(
-        self, account_sid: str, query: ListQuery, keys: list[tuple[float, str]]
-    ) -> tuple[int, int]:
-        token = query.page_token
-        if token is None:
-            return 0, query.page_size
-        anchor = self._conferences.get(token[2:])
-        if token[:2] not in ("PA", "PB") or anchor is None or anchor.account_sid != account_sid:
-            raise SimulatorError(400, 21481, f"Invalid PageToken: {token}")
-        if token.startswith("PA"):
-            start = bisect_right(keys, anchor.order_key)
-            return start, start + query.page_size
-        stop = bisect_left(keys, anchor.order_key)
-        return max(0, stop - query.page_size), stop
 
     def _advance_locked(self) -> int:
         now = self._clock()
@@ -395,7 +279,7 @@ class SimulatorState:
 
     def _change(
         self,
-        rec: _Record,
+        rec: Record,
         status: str,
         at: float,
         reason: str | None,
@@ -410,7 +294,10 @@ class SimulatorState:
         entered = status != rec.status
         if not (force or entered or (reason, call_sid) != (rec.reason, rec.call_sid)):
             return
+        if entered and not force:
+            self._index.move(rec, rec.status, status)
         rec.status, rec.reason, rec.call_sid, rec.updated_at = status, reason, call_sid, at
+        rec.cached = None
         rec.transitions.append({"status": status, "at": at, "reason": reason, "call_sid": call_sid})
         if (entered or force) and rec.status_callback and status != Status.INIT:
             rec.sequence += 1
@@ -432,5 +319,17 @@ class SimulatorState:
             self._listener(events)
 
 
-def parse_steps(raw: Iterable[dict[str, Any]]) -> list[ScriptStep]:
+def _check_new(account_sid: str, status: str) -> None:
+    if not isinstance(account_sid, str) or not ACCOUNT_SID_RE.fullmatch(account_sid):
+        raise ValueError(f"account_sid must match {ACCOUNT_SID_RE.pattern}")
+    check_status(status, None, None)
+
+
+def _names(template: str | None, count: int) -> Iterable[str | None]:
+    if template is None or "{n}" not in template:
+        return itertools.repeat(template, count)
+    return (template.replace("{n}", str(n)) for n in range(count))
+
+
+def parse_steps(raw: Iterable[Any]) -> list[ScriptStep]:
     return [ScriptStep.from_json(step) for step in raw]

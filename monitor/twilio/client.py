@@ -1,22 +1,23 @@
-"""The only code that talks to Twilio: one pooled session, bounded retries, typed errors.
+"""The only code that talks to Twilio: one pooled session, bounded calls, typed errors.
 
-The hot path (a successful fetch) is one `Session.request`, one `json.loads` and
-one parse; retry bookkeeping (tenacity's wait and stop strategies, built once)
-only runs after a failure. Every retry sequence fits in `retry_budget_s`,
-waits included, so a poll tick is never held up by a struggling API.
+Every call (a fetch, or one list page) ends within `request_deadline_s`: connect,
+headers, the whole body of every attempt, retries and the waits between them.
+Bodies are capped (`max_body_bytes`, `max_page_bytes`) and read incrementally,
+so neither a slow nor a huge response can stall or flood the caller. The hot
+path (a successful fetch) is one request, one bounded read, one `orjson.loads`
+and one parse; retry bookkeeping (tenacity's wait and stop strategies, built
+once) only runs after a failure.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
+from functools import partial
 from types import TracebackType
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -30,45 +31,41 @@ from tenacity import (
 
 from monitor import __version__
 from monitor.domain import Conference, is_account_sid, is_conference_sid
+from monitor.twilio.decode import (
+    Parser,
+    flatten,
+    paging_error,
+    parse_body,
+    parse_fetched,
+    parse_page,
+)
 from monitor.twilio.errors import (
-    BadPayload,
     RateLimited,
     TransientError,
     TwilioError,
     error_for_response,
-    error_for_transport,
 )
-from monitor.twilio.payloads import (
-    ConferencePage,
-    PayloadError,
-    parse_conference,
-    parse_conference_page,
-)
+from monitor.twilio.exchange import MIN_TIMEOUT_S, Exchanger, Request, ResponseHook
+from monitor.twilio.hosts import DEFAULT_BASE_URL, api_origin, normalise_base_url
+from monitor.twilio.payloads import ConferencePage
+from monitor.twilio.transport import build_session, pin_environment
 
 log = logging.getLogger("monitor.twilio")
 
-DEFAULT_BASE_URL = "https://api.twilio.com"
+__all__ = ["DEFAULT_BASE_URL", "ResponseHook", "TwilioClient"]
+
 DEFAULT_USER_AGENT = f"conference-monitor/{__version__}"
 API_PREFIX = "/2010-04-01/Accounts/"
 MAX_PAGE_SIZE = 1000
 BACKOFF_INITIAL_S = 0.2
 BACKOFF_MAX_S = 2.0
-_POOL_HOSTS = 4  # distinct hosts whose pools are kept; one client uses one host
-_MIN_TIMEOUT_S = 0.05
+DEFAULT_REQUEST_DEADLINE_S = 4.0
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_PAGES = 1000
 _END_FORM = {"Status": "completed"}
-_HOST_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_TRANSPORT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
-
-ResponseHook = Callable[[str, int | None, float], None]
-"""`on_response(operation, http_status_or_None, seconds)`, called once per HTTP attempt."""
 
 T = TypeVar("T")
-Parser = Callable[[Any, str | None], T]
 
 
 class TwilioClient:
@@ -78,6 +75,8 @@ class TwilioClient:
     the path always carries `account_sid` (or the per-call override, for a
     subaccount). Run at most `pool_size` calls at once to keep connections reused.
     """
+
+    host_for = staticmethod(api_origin)
 
     def __init__(
         self,
@@ -95,6 +94,10 @@ class TwilioClient:
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_max_s: float = BACKOFF_MAX_S,
         on_response: ResponseHook | None = None,
+        request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         _check_account(account_sid)
         if not username or not password:
@@ -102,44 +105,29 @@ class TwilioClient:
         _check_positive(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
         _check_positive(retry_budget_s=retry_budget_s, backoff_max_s=backoff_max_s)
         _check_positive(backoff_initial_s=backoff_initial_s, pool_size=pool_size)
-        _check_positive(max_attempts=max_attempts)
+        _check_positive(max_attempts=max_attempts, request_deadline_s=request_deadline_s)
+        _check_positive(max_body_bytes=max_body_bytes, max_page_bytes=max_page_bytes)
+        _check_positive(max_pages=max_pages)
         self.account_sid = account_sid
-        self.base_url = _normalise_base_url(base_url)
-        self.retry_budget_s = retry_budget_s
-        self._timeout = (connect_timeout_s, read_timeout_s)
+        self.base_url = normalise_base_url(base_url)
+        self.request_deadline_s = request_deadline_s
+        self.retry_budget_s = min(retry_budget_s, request_deadline_s)
+        self.max_body_bytes = max_body_bytes
+        self.max_page_bytes = max_page_bytes
+        self.max_pages = max_pages
         self._password = password
-        self._on_response = on_response
-        self._session = _build_session(username, password, pool_size, user_agent)
-        _pin_environment(self._session, self.base_url)
+        self._session = build_session(username, password, pool_size, user_agent)
+        pin_environment(self._session, self.base_url)
+        timeouts = (connect_timeout_s, read_timeout_s)
+        self._exchanger = Exchanger(self._session, timeouts, request_deadline_s, on_response)
         # Built once; its stop and wait strategies drive the hand loop in `_call`.
         self._retrying = Retrying(
-            stop=stop_after_attempt(max_attempts) | stop_before_delay(retry_budget_s),
+            stop=stop_after_attempt(max_attempts) | stop_before_delay(self.retry_budget_s),
             wait=wait_random_exponential(
                 multiplier=backoff_initial_s, max=backoff_max_s, min=backoff_initial_s / 2
             ),
             reraise=True,
         )
-
-    @staticmethod
-    def host_for(edge: str | None, region: str | None, base_url: str | None) -> str:
-        """The API origin: an explicit `base_url`, else `api.{edge}.{region}`, else `api`.
-
-        The short form `api.{region}.twilio.com` stopped working on 2026-04-28, so an
-        edge without a region (or the reverse) is refused rather than guessed.
-        """
-        if base_url:
-            return _normalise_base_url(base_url)
-        if edge and region:
-            labels = (edge.lower(), region.lower())
-            for label in labels:
-                if not _HOST_LABEL_RE.match(label):
-                    raise ValueError(f"not a valid Twilio edge or region name: {label!r}")
-            return f"https://api.{labels[0]}.{labels[1]}.twilio.com"
-        if edge or region:
-            raise ValueError(
-                f"Twilio edge and region must be given together (edge={edge!r}, region={region!r})"
-            )
-        return DEFAULT_BASE_URL
 
     @property
     def session(self) -> requests.Session:
@@ -148,13 +136,41 @@ class TwilioClient:
 
     def fetch_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
         """One GET of the conference; `ConferenceNotFound` on 404 (not retried)."""
-        url = self._conference_url(sid, account_sid)
-        return self._call("fetch", "GET", url, sid, _parse_fetched)
+        account = self._account(account_sid)
+        url = self._conference_url(sid, account)
+        parse = partial(parse_fetched, sid=sid, account_sid=account)
+        return self._call(Request("fetch", "GET", url, sid, self.max_body_bytes), parse)
 
     def end_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
         """POST `Status=completed`; repeated only when Twilio cannot have processed it."""
-        url = self._conference_url(sid, account_sid)
-        return self._call("end", "POST", url, sid, _parse_fetched, data=_END_FORM, idempotent=False)
+        account = self._account(account_sid)
+        url = self._conference_url(sid, account)
+        parse = partial(parse_fetched, sid=sid, account_sid=account)
+        request = Request("end", "POST", url, sid, self.max_body_bytes, data=_END_FORM)
+        return self._call(request, parse, idempotent=False)
+
+    def list_conference_pages(
+        self,
+        *,
+        status: str | None = None,
+        friendly_name: str | None = None,
+        date_created_after: date | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        account_sid: str | None = None,
+        date_created_before: date | None = None,
+    ) -> Iterator[ConferencePage]:
+        """Every page of the matching conferences, each yielded as it arrives.
+
+        Dates are whole UTC days, inclusive (`DateCreated>` / `DateCreated<`).
+        Items stay raw (see `ConferencePage`). Arguments are checked now;
+        requests happen as the iterator is consumed. A `next_page_uri` seen
+        before, or more than `max_pages` pages, raises `PagingError`.
+        """
+        account = self._account(account_sid)
+        params = _list_params(
+            status, friendly_name, date_created_after, date_created_before, page_size
+        )
+        return self._pages(f"{self._account_url(account)}/Conferences.json", params, account)
 
     def list_conferences(
         self,
@@ -164,40 +180,29 @@ class TwilioClient:
         date_created_after: date | None = None,
         page_size: int = MAX_PAGE_SIZE,
         account_sid: str | None = None,
+        date_created_before: date | None = None,
     ) -> Iterator[Conference]:
-        """Every matching conference, page by page (`date_created_after` is on-or-after).
+        """Every matching conference of `list_conference_pages`, parsed.
 
-        Arguments are checked now; requests happen as the iterator is consumed.
+        An item that does not parse (or is of another account) is logged and skipped.
         """
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
-        params = {"PageSize": str(page_size)}
-        if status is not None:
-            params["Status"] = status
-        if friendly_name is not None:
-            params["FriendlyName"] = friendly_name
-        if date_created_after is not None:
-            params["DateCreated>="] = date_created_after.strftime("%Y-%m-%d")
-        return self._iter_pages(self._account_url(account_sid) + "/Conferences.json", params)
-
-    def list_conference_pages(
-        self, *, status: str | None = None, account_sid: str | None = None
-    ) -> Iterator[ConferencePage]:
-        """Every page of the listing, as it arrives."""
-        params = {"PageSize": str(MAX_PAGE_SIZE)}
-        if status is not None:
-            params["Status"] = status
-        url = self._account_url(account_sid) + "/Conferences.json"
-        page: ConferencePage = self._call("list", "GET", url, None, _parse_page, params=params)
-        yield page
-        while page.next_page_uri:
-            page = self._call("list", "GET", self.base_url + page.next_page_uri, None, _parse_page)
-            yield page
+        pages = self.list_conference_pages(
+            status=status,
+            friendly_name=friendly_name,
+            date_created_after=date_created_after,
+            page_size=page_size,
+            account_sid=account_sid,
+            date_created_before=date_created_before,
+        )
+        return flatten(pages)
 
     def verify_credentials(self, account_sid: str | None = None) -> None:
         """One cheap list call; raises `CredentialsRejected` (or another TwilioError)."""
-        url = self._account_url(account_sid) + "/Conferences.json"
-        self._call("verify", "GET", url, None, _parse_page, params={"PageSize": "1"})
+        account = self._account(account_sid)
+        url = f"{self._account_url(account)}/Conferences.json"
+        parse = partial(parse_page, account_sid=account)
+        params = {"PageSize": "1"}
+        self._call(Request("verify", "GET", url, None, self.max_page_bytes, params), parse)
 
     def close(self) -> None:
         """Close every pooled connection now.
@@ -228,48 +233,51 @@ class TwilioClient:
 
     # -- internals -------------------------------------------------------------
 
-    def _account_url(self, account_sid: str | None) -> str:
+    def _account(self, account_sid: str | None) -> str:
         if account_sid is None:
-            account_sid = self.account_sid
-        else:
-            _check_account(account_sid)
+            return self.account_sid
+        _check_account(account_sid)
+        return account_sid
+
+    def _account_url(self, account_sid: str) -> str:
         return f"{self.base_url}{API_PREFIX}{account_sid}"
 
-    def _conference_url(self, sid: str, account_sid: str | None) -> str:
+    def _conference_url(self, sid: str, account_sid: str) -> str:
         if not is_conference_sid(sid):
             raise ValueError(f"malformed conference sid {sid!r} (expected CF + 32 hex digits)")
         return f"{self._account_url(account_sid)}/Conferences/{sid}.json"
 
-    def _iter_pages(self, url: str, params: dict[str, str]) -> Iterator[Conference]:
-        page: ConferencePage = self._call("list", "GET", url, None, _parse_page, params=params)
-        yield from page.conferences
+    def _pages(
+        self, url: str, params: dict[str, str], account_sid: str
+    ) -> Iterator[ConferencePage]:
+        parse = partial(parse_page, account_sid=account_sid)
+        cap = self.max_page_bytes
+        page: ConferencePage = self._call(Request("list", "GET", url, None, cap, params), parse)
+        yield page
+        seen: set[str] = set()
+        count = 1
         while page.next_page_uri:
+            uri = page.next_page_uri
+            if uri in seen:
+                raise paging_error(f"next_page_uri {uri[:300]!r} repeats an earlier page", url)
+            if count >= self.max_pages:
+                raise paging_error(f"the listing runs past max_pages={self.max_pages}", url)
+            seen.add(uri)
             # Exactly as given: it carries an opaque PageToken.
-            url = self.base_url + page.next_page_uri
-            page = self._call("list", "GET", url, None, _parse_page)
-            yield from page.conferences
+            page = self._call(Request("list", "GET", self.base_url + uri, None, cap), parse)
+            count += 1
+            yield page
 
-    def _call(
-        self,
-        op: str,
-        method: str,
-        url: str,
-        sid: str | None,
-        parse: Parser[T],
-        *,
-        params: dict[str, str] | None = None,
-        data: dict[str, str] | None = None,
-        idempotent: bool = True,
-    ) -> T:
-        """Attempt, and on a retryable failure wait and try again within the budget."""
+    def _call(self, request: Request, parse: Parser[T], *, idempotent: bool = True) -> T:
+        """Attempt, and on a retryable failure wait and try again within budget and deadline."""
         start = time.monotonic()
+        deadline_at = start + self.request_deadline_s
         state: RetryCallState | None = None
-        timeout = self._timeout
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._attempt(op, method, url, sid, parse, params, data, timeout)
+                return self._attempt(request, parse, deadline_at)
             except TwilioError as exc:
                 exc.attempts = attempt
                 if not _retryable(exc, idempotent):
@@ -277,77 +285,50 @@ class TwilioClient:
                 if state is None:
                     state = RetryCallState(self._retrying, None, (), {})
                     state.start_time = start
-                wait = self._next_wait(state, exc)
+                wait = self._next_wait(state, exc, deadline_at)
                 if wait is None:
                     raise
-                log.debug(
-                    "twilio.retry sid=%s url=%s in %.3fs after: %s",
-                    sid or "-",
-                    url,
-                    wait,
-                    exc.reason,
-                    extra={"event": "twilio.retry", "sid": sid, "url": url},
-                )
+                _log_retry(request, wait, exc)
                 time.sleep(wait)
-                timeout = self._remaining_timeout(start)
 
-    def _next_wait(self, state: RetryCallState, exc: TwilioError) -> float | None:
-        """The pause before the next attempt, or None when attempts or budget are spent."""
-        state.outcome_timestamp = time.monotonic()
+    def _next_wait(
+        self, state: RetryCallState, exc: TwilioError, deadline_at: float
+    ) -> float | None:
+        """The pause before the next attempt, or None when attempts, budget or time are spent."""
+        now = state.outcome_timestamp = time.monotonic()
         wait = self._retrying.wait(state)
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             wait = max(wait, retry_after)
         state.upcoming_sleep = wait
-        if self._retrying.stop(state):
+        if self._retrying.stop(state) or now + wait + MIN_TIMEOUT_S >= deadline_at:
             return None
         state.prepare_for_next_attempt()
         return wait
 
-    def _remaining_timeout(self, start: float) -> tuple[float, float]:
-        """Timeouts clipped so that a retry cannot run past the budget."""
-        remaining = max(self.retry_budget_s - (time.monotonic() - start), _MIN_TIMEOUT_S)
-        connect, read = self._timeout
-        return (min(connect, remaining), min(read, remaining))
-
-    def _attempt(
-        self,
-        op: str,
-        method: str,
-        url: str,
-        sid: str | None,
-        parse: Parser[T],
-        params: dict[str, str] | None,
-        data: dict[str, str] | None,
-        timeout: tuple[float, float],
-    ) -> T:
-        began = time.perf_counter()
-        try:
-            response = self._session.request(
-                method, url, params=params, data=data, timeout=timeout, allow_redirects=False
-            )
-        except _TRANSPORT_ERRORS as exc:
-            self._observe(op, None, began)
-            raise error_for_transport(exc, url, sid) from exc
-        status = response.status_code
-        self._observe(op, status, began)
-        if 200 <= status < 300:
-            return _parse_body(parse, response.content, url, sid)
-        raise self._http_error(response, url, sid)
-
-    def _observe(self, op: str, status: int | None, began: float) -> None:
-        if self._on_response is not None:
-            self._on_response(op, status, time.perf_counter() - began)
-
-    def _http_error(self, response: requests.Response, url: str, sid: str | None) -> TwilioError:
-        return error_for_response(
-            response.status_code,
-            response.content,
-            response.headers.get("Retry-After"),
-            url=url,
-            sid=sid,
+    def _attempt(self, request: Request, parse: Parser[T], deadline_at: float) -> T:
+        answer = self._exchanger.attempt(request, deadline_at)
+        if answer.ok:
+            return parse_body(parse, answer.body, request.url, request.sid)
+        raise error_for_response(
+            answer.status,
+            answer.body,
+            answer.retry_after,
+            url=request.url,
+            sid=request.sid,
             redact=self._password,
         )
+
+
+def _log_retry(request: Request, wait: float, exc: TwilioError) -> None:
+    log.debug(
+        "twilio.retry sid=%s url=%s in %.3fs after: %s",
+        request.sid or "-",
+        request.url,
+        wait,
+        exc.reason,
+        extra={"event": "twilio.retry", "sid": request.sid, "url": request.url},
+    )
 
 
 def _retryable(exc: TwilioError, idempotent: bool) -> bool:
@@ -359,77 +340,26 @@ def _retryable(exc: TwilioError, idempotent: bool) -> bool:
     return False
 
 
-def _parse_body(parse: Parser[T], body: bytes, url: str, sid: str | None) -> T:
-    """Decode and parse a 2xx body; anything malformed becomes a logged `BadPayload`."""
-    try:
-        return parse(json.loads(body), sid)
-    except PayloadError as exc:
-        reason = f"response is not a valid conference resource: {exc}"
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        reason = f"response body is not JSON ({exc.__class__.__name__}): {body[:60]!r}"
-    except RecursionError:
-        reason = "response body is nested too deeply"
-    log.warning(
-        "twilio.bad_payload sid=%s url=%s: %s",
-        sid or "-",
-        url,
-        reason,
-        extra={"event": "twilio.bad_payload", "sid": sid, "url": url},
-    )
-    raise BadPayload(reason, url=url, sid=sid)
-
-
-def _parse_fetched(obj: Any, sid: str | None) -> Conference:
-    conference = parse_conference(obj)
-    if sid is not None and conference.sid.lower() != sid.lower():
-        raise PayloadError(f"field 'sid' is {conference.sid}, expected {sid}", field="sid")
-    return conference
-
-
-def _parse_page(obj: Any, _sid: str | None) -> ConferencePage:
-    page = parse_conference_page(obj)
-    nxt = page.next_page_uri
-    if nxt is not None and nxt != "" and not nxt.startswith("/"):
-        # An absolute URL could point our credentials at another host.
-        raise PayloadError(f"next_page_uri must be a path, got {nxt!r}", field="next_page_uri")
-    return page
-
-
-def _build_session(
-    username: str, password: str, pool_size: int, user_agent: str
-) -> requests.Session:
-    session = requests.Session()
-    session.auth = (username, password)
-    session.headers["User-Agent"] = user_agent
-    session.headers["Accept"] = "application/json"
-    for prefix in ("https://", "http://"):
-        adapter = HTTPAdapter(pool_connections=_POOL_HOSTS, pool_maxsize=pool_size, max_retries=0)
-        session.mount(prefix, adapter)
-    return session
-
-
-def _pin_environment(session: requests.Session, base_url: str) -> None:
-    """Resolve proxy and CA-bundle variables once, for the one host this client uses.
-
-    With `trust_env` on, requests re-reads os.environ on every request, which
-    costs about a quarter of the CPU of a fetch at the polling rates we run.
-    """
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies.update(settings["proxies"])
-    session.verify = settings["verify"]
-    session.trust_env = False
-
-
-def _normalise_base_url(url: str) -> str:
-    """`scheme://host[:port]` only: paging URIs are host-relative, credentials go in headers."""
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("base_url must not carry credentials")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must be http(s)://host[:port], got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"base_url must have no path, query or fragment, got {url!r}")
-    return f"{parts.scheme}://{parts.netloc}"
+def _list_params(
+    status: str | None,
+    friendly_name: str | None,
+    created_after: date | None,
+    created_before: date | None,
+    page_size: int,
+) -> dict[str, str]:
+    """The list query; dates use Twilio's documented `DateCreated>`/`DateCreated<` names."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}, got {page_size}")
+    params = {"PageSize": str(page_size)}
+    if status is not None:
+        params["Status"] = status
+    if friendly_name is not None:
+        params["FriendlyName"] = friendly_name
+    if created_after is not None:
+        params["DateCreated>"] = created_after.strftime("%Y-%m-%d")
+    if created_before is not None:
+        params["DateCreated<"] = created_before.strftime("%Y-%m-%d")
+    return params
 
 
 def _check_account(account_sid: str) -> None:

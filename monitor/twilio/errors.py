@@ -120,6 +120,29 @@ class RequestRejected(TwilioError):
     """Any other 4xx (e.g. 400, a bad filter): permanent, retrying cannot help."""
 
 
+class DeadlineExceeded(TransientError):
+    """The call (every attempt, its body and the waits between) outran its deadline."""
+
+
+class ResponseTooLarge(TwilioError):
+    """A body over the size cap: refused unread, and not retried (it would be as large again).
+
+    `cap_bytes` is the cap that was exceeded.
+    """
+
+    def __init__(self, reason: str, *, url: str, sid: str | None = None, cap_bytes: int) -> None:
+        super().__init__(reason, url=url, sid=sid)
+        self.cap_bytes = cap_bytes
+
+
+class ResourceMismatch(TwilioError):
+    """A 2xx for a different conference or account than the one asked for: never retried."""
+
+
+class PagingError(TwilioError):
+    """A listing that does not end: a `next_page_uri` seen before, or too many pages."""
+
+
 def error_for_response(
     status: int,
     body: bytes,

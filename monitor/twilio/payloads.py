@@ -3,6 +3,10 @@
 Parsing is strict about shape (types, SID patterns, dates) and lenient about
 content: unknown fields are ignored but kept in `raw`, and any string status or
 region is accepted, so a new Twilio value is recorded instead of rejected.
+
+A list page is checked only as an envelope; its items stay raw JSON objects
+until someone asks (`parse_listed`), so one malformed conference fails only
+itself, and a sweep that fingerprints raw items parses just the changed ones.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
-from monitor.domain import CONFERENCE_SID_RE, Conference
+from monitor.domain import ACCOUNT_SID_RE, CALL_SID_RE, CONFERENCE_SID_RE, Conference
 
 # Plain optional strings, copied as they come.
 _TEXT_FIELDS = (
@@ -28,6 +32,14 @@ _TEXT_FIELDS = (
     "uri",
 )
 _DATE_FIELDS = ("date_created", "date_updated")
+# fullmatch: `match` with `$` would accept a trailing newline.
+_IS_CONFERENCE_SID = CONFERENCE_SID_RE.fullmatch
+_IS_ACCOUNT_SID = ACCOUNT_SID_RE.fullmatch
+_IS_CALL_SID = CALL_SID_RE.fullmatch
+_TEXT_TYPES = frozenset({str, type(None)})
+_KNOWN_ACCOUNTS: set[str] = set()
+_MAX_KNOWN_ACCOUNTS = 1024
+_SID_FIELDS = (("account_sid", _IS_ACCOUNT_SID), ("call_sid_ending_conference", _IS_CALL_SID))
 
 
 class PayloadError(ValueError):
@@ -42,74 +54,92 @@ class PayloadError(ValueError):
 
 
 @dataclass(frozen=True)
-class ConferencePage:
-    """One page of the Conferences list; `next_page_uri` is None on the last page."""
+class Rejected:
+    """A list item that did not parse: its position, its SID if it had a usable one, why."""
 
-    conferences: tuple[Conference, ...]
+    index: int
+    sid: str | None
+    error: PayloadError
+
+
+@dataclass(frozen=True)
+class ConferencePage:
+    """One page of the Conferences list; `next_page_uri` is None on the last page.
+
+    `items` are the page's conference objects as received, in order and unparsed;
+    `dropped` counts members of `conferences` that were not even JSON objects.
+    `account_sid` is the account listed, which every item must belong to.
+    """
+
+    items: tuple[dict[str, Any], ...]
     next_page_uri: str | None
     page: int | None
     page_size: int | None
-    items: tuple[dict[str, Any], ...] = ()  # the raw objects, in page order
+    account_sid: str | None = None
+    dropped: int = 0
+
+    @cached_property
+    def parsed(self) -> tuple[tuple[Conference, ...], tuple[Rejected, ...]]:
+        """Every item parsed: the conferences, and the items rejected (each alone)."""
+        good: list[Conference] = []
+        bad: list[Rejected] = []
+        for index, item in enumerate(self.items):
+            try:
+                good.append(parse_listed(item, self.account_sid))
+            except PayloadError as exc:
+                bad.append(Rejected(index, listed_sid(item), exc))
+        return tuple(good), tuple(bad)
+
+    @property
+    def conferences(self) -> tuple[Conference, ...]:
+        """The items that parse; rejected ones are skipped (see `parsed`)."""
+        return self.parsed[0]
+
+
+def listed_sid(item: object) -> str | None:
+    """The item's `sid` when it is a well-formed `CF...` string, else None."""
+    if type(item) is not dict:
+        return None
+    sid = item.get("sid")
+    return sid if type(sid) is str and _IS_CONFERENCE_SID(sid) else None
+
+
+def parse_listed(item: object, account_sid: str | None) -> Conference:
+    """A list item as a `Conference`; `PayloadError` if malformed or of another account."""
+    conference = parse_conference(item)
+    owner = conference.account_sid
+    if account_sid is not None and owner is not None and owner.lower() != account_sid.lower():
+        raise PayloadError(
+            f"field 'account_sid' is {owner}, but the list was of {account_sid}"
+            f" (conference {conference.sid})",
+            field="account_sid",
+        )
+    return conference
 
 
 def parse_conference(obj: object) -> Conference:
     """Build a `Conference` from a decoded JSON object, or raise `PayloadError`."""
-    if not isinstance(obj, dict):
-        raise PayloadError(f"conference must be a JSON object, got {_kind(obj)}")
-    sid = obj.get("sid")
-    if not isinstance(sid, str) or CONFERENCE_SID_RE.match(sid) is None:
-        raise PayloadError(f"field 'sid' missing or malformed: {sid!r}", field="sid")
-    values: dict[str, Any] = {name: _text(obj, name, sid) for name in _TEXT_FIELDS}
-    for name in _DATE_FIELDS:
-        values[name] = _date(obj, name, sid)
-    values["subresource_uris"] = _uri_map(obj, sid)
-    try:
-        return Conference(sid=sid, raw=obj, **values)
-    except ValueError as exc:  # SID patterns, checked by Conference itself
-        name = _field_in(str(exc))
-        raise PayloadError(f"field {name!r} invalid: {exc}", field=name) from None
+    return _parse_fast(obj) or _parse_explained(obj)
 
 
-def parse_conference_page(obj: object) -> ConferencePage:
-    """Parse the list envelope; an item's error names its index (`conferences[3].sid`)."""
+def parse_conference_page(obj: object, account_sid: str | None = None) -> ConferencePage:
+    """Check the list envelope; items are kept raw (see `ConferencePage.parsed`)."""
     if not isinstance(obj, dict):
         raise PayloadError(f"conference list must be a JSON object, got {_kind(obj)}")
-    items = obj.get("conferences")
-    if not isinstance(items, list):
+    members = obj.get("conferences")
+    if not isinstance(members, list):
         raise PayloadError(
-            f"field 'conferences' must be an array, got {_kind(items)}", field="conferences"
+            f"field 'conferences' must be an array, got {_kind(members)}", field="conferences"
         )
-    conferences = []
-    for index, item in enumerate(items):
-        try:
-            conferences.append(parse_conference(item))
-        except PayloadError as exc:
-            where = f"conferences[{index}]" + (f".{exc.field}" if exc.field else "")
-            raise PayloadError(f"{where}: {exc}", field=where) from None
+    items = tuple(item for item in members if type(item) is dict)
     return ConferencePage(
-        items=tuple(items),
-        conferences=tuple(conferences),
+        items=items,
         next_page_uri=_text(obj, "next_page_uri", None),
         page=_integer(obj, "page"),
         page_size=_integer(obj, "page_size"),
+        account_sid=account_sid,
+        dropped=len(members) - len(items),
     )
-
-
-def listed_sid(item: object) -> str | None:
-    """The sid of a listed item, if it has a well-formed one."""
-    sid = item.get("sid") if isinstance(item, dict) else None
-    return sid if isinstance(sid, str) and CONFERENCE_SID_RE.match(sid) else None
-
-
-def parse_listed(item: object, account_sid: str) -> Conference:
-    """A listed item as a `Conference`; it must belong to the account listed."""
-    conference = parse_conference(item)
-    if conference.account_sid is not None and conference.account_sid != account_sid:
-        raise PayloadError(
-            f"field 'account_sid' is {conference.account_sid}, listed for {account_sid}",
-            field="account_sid",
-        )
-    return conference
 
 
 def format_rfc2822(dt: datetime) -> str:
@@ -134,6 +164,90 @@ def _parse_date_cached(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"RFC 2822 date without a time zone: {text!r}")
     return parsed.astimezone(UTC)
+
+
+# -- the fast path: every check, no messages ----------------------------------
+
+
+def _parse_fast(obj: object) -> Conference | None:
+    """The conference when `obj` is valid, else None (then `_parse_explained` says why).
+
+    The same checks as the explaining path and `Conference.__post_init__`, made
+    with exact type tests in one expression, bound regex methods and a memo of
+    account SIDs (a handful, seen over and over): a sweep parses every changed
+    conference, so this is hot.
+    """
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    sid, account, ending = get("sid"), get("account_sid"), get("call_sid_ending_conference")
+    name, status, region = get("friendly_name"), get("status"), get("region")
+    reason, api, uri = get("reason_conference_ended"), get("api_version"), get("uri")
+    created, updated, uris = get("date_created"), get("date_updated"), get("subresource_uris")
+    if not (
+        type(sid) is str
+        and _IS_CONFERENCE_SID(sid)
+        and (account is None or account in _KNOWN_ACCOUNTS or _new_account(account))
+        and (ending is None or (type(ending) is str and _IS_CALL_SID(ending)))
+        and type(name) in _TEXT_TYPES
+        and type(status) in _TEXT_TYPES
+        and type(region) in _TEXT_TYPES
+        and type(reason) in _TEXT_TYPES
+        and type(api) in _TEXT_TYPES
+        and type(uri) in _TEXT_TYPES
+        and type(created) in _TEXT_TYPES
+        and type(updated) in _TEXT_TYPES
+        and (uris is None or _is_uri_map(uris))
+    ):
+        return None
+    try:
+        created = None if created is None else _parse_date_cached(created)
+        updated = None if updated is None else _parse_date_cached(updated)
+    except ValueError:
+        return None
+    return Conference.from_validated(
+        sid, account, name, status, region, reason, ending, created, updated, api, uri, uris, obj
+    )  # fmt: skip
+
+
+def _new_account(value: object) -> bool:
+    """Validate an account SID not seen before, remembering a bounded number of good ones."""
+    if type(value) is not str or not _IS_ACCOUNT_SID(value):
+        return False
+    if len(_KNOWN_ACCOUNTS) >= _MAX_KNOWN_ACCOUNTS:
+        _KNOWN_ACCOUNTS.clear()
+    _KNOWN_ACCOUNTS.add(value)
+    return True
+
+
+def _is_uri_map(value: object) -> bool:
+    if type(value) is not dict:
+        return False
+    for key, uri in value.items():  # noqa: SIM110 (a loop is faster than all() here)
+        if type(key) is not str or type(uri) is not str:
+            return False
+    return True
+
+
+def _parse_explained(obj: object) -> Conference:
+    """The slow path: the conference, or the `PayloadError` naming the first problem.
+
+    Reached for invalid objects (and for valid ones of dict or str subclasses).
+    """
+    if not isinstance(obj, dict):
+        raise PayloadError(f"conference must be a JSON object, got {_kind(obj)}")
+    sid = obj.get("sid")
+    if not isinstance(sid, str) or _IS_CONFERENCE_SID(sid) is None:
+        raise PayloadError(f"field 'sid' missing or malformed: {sid!r}", field="sid")
+    values: dict[str, Any] = {name: _text(obj, name, sid) for name in _TEXT_FIELDS}
+    for name in _DATE_FIELDS:
+        values[name] = _date(obj, name, sid)
+    values["subresource_uris"] = _uri_map(obj, sid)
+    for name, matches in _SID_FIELDS:
+        value = values[name]
+        if value is not None and matches(value) is None:
+            raise PayloadError(f"field {name!r} invalid: {value!r} (conference {sid})", field=name)
+    return Conference(sid=sid, raw=obj, **values)
 
 
 def _text(obj: Mapping[str, Any], name: str, sid: str | None) -> str | None:
@@ -174,14 +288,6 @@ def _integer(obj: Mapping[str, Any], name: str) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise PayloadError(f"field {name!r} must be an integer or null, got {_kind(value)}", field=name)
-
-
-def _field_in(message: str) -> str:
-    """Which SID field a `Conference` validation message is about."""
-    for name in ("call_sid_ending_conference", "account_sid"):
-        if name in message:
-            return name
-    return "sid"
 
 
 def _of(sid: str | None) -> str:

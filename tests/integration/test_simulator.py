@@ -727,6 +727,60 @@ def test_delay_fault_delays_then_answers_normally(
     assert ctl.stats()["faults_served"] == 2
 
 
+def test_a_patient_client_gets_the_whole_dripped_body(
+    sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session, spec: Spec
+) -> None:
+    sid = ctl.create_conference()["sid"]
+    ctl.add_fault("drip", sid=sid, delay_s=0.001, count=1)
+    assert spec.check(FETCH, "get", api.get(conf_url(sim, sid), timeout=30)) == ctl.conference(sid)
+    stats = ctl.stats()
+    assert stats["streams_cut"] == 0 and stats["streamed_bytes"] > 500
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_a_huge_body_is_valid_json_of_the_size_asked(
+    sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session, framing: str
+) -> None:
+    sid = ctl.create_conference()["sid"]
+    ctl.add_fault("huge", sid=sid, size_bytes=200_000, framing=framing, count=1)
+    response = api.get(conf_url(sim, sid))
+    assert len(response.content) == 200_000
+    assert response.json() | {"x_padding": None} == ctl.conference(sid) | {"x_padding": None}
+    expected = {"length": "200000", "chunked": None, "close": None}[framing]
+    assert response.headers.get("Content-Length") == expected
+
+
+def test_bulk_conferences_list_as_valid_pages(
+    sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session, spec: Spec
+) -> None:
+    sids = ctl.create_conferences(7, status="in-progress", friendly_name="r{n}")
+    query = "?Status=in-progress&PageSize=3"
+    pages = [spec.check(LIST, "get", api.get(list_url(sim, query)))]
+    while pages[-1]["next_page_uri"]:
+        pages.append(spec.check(LIST, "get", api.get(sim.url + pages[-1]["next_page_uri"])))
+    assert sorted(c["sid"] for p in pages for c in p["conferences"]) == sorted(sids)
+    assert [len(p["conferences"]) for p in pages] == [3, 3, 1]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"kind": "drip"},  # needs delay_s
+        {"kind": "huge"},  # needs size_bytes
+        {"kind": "huge", "size_bytes": 10, "framing": "smoke"},
+        {"kind": "loop", "sid": "CF" + "a" * 32},
+        {"kind": "mismatch", "field": "friendly_name"},
+    ],
+)
+def test_hostile_faults_refuse_incomplete_options(
+    ctl: SimulatorControl, options: dict[str, Any]
+) -> None:
+    kind = options.pop("kind")
+    with pytest.raises(SimulatorControlError) as caught:
+        ctl.add_fault(kind, **options)
+    assert caught.value.status == 400
+
+
 def test_faults_match_by_sid_in_order_and_can_be_cleared(
     sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session
 ) -> None:
@@ -767,6 +821,8 @@ def test_stats_count_requests_by_kind_and_reset_clears_everything(
         "requests": 4,
         "by_kind": {"fetch": 2, "list": 1, "update": 1},
         "faults_served": 1,
+        "streamed_bytes": 0,
+        "streams_cut": 0,
     }
     ctl.add_fault("503")
     ctl.reset()
@@ -774,6 +830,8 @@ def test_stats_count_requests_by_kind_and_reset_clears_everything(
         "requests": 0,
         "by_kind": {"fetch": 0, "list": 0, "update": 0},
         "faults_served": 0,
+        "streamed_bytes": 0,
+        "streams_cut": 0,
     }
     assert api.get(conf_url(sim, sid)).status_code == 404  # gone, and not a 503
 

@@ -28,6 +28,7 @@ from monitor.twilio import (
     CredentialsRejected,
     RateLimited,
     RequestRejected,
+    ResourceMismatch,
     TransientError,
     TwilioClient,
 )
@@ -350,13 +351,23 @@ def test_garbage_200_raises_bad_payload_after_retries(
     assert SID in warnings[0].getMessage() and CONF_PATH in warnings[0].getMessage()
 
 
-def test_a_different_conference_in_the_body_is_a_bad_payload(
-    make_client: Callable[..., TwilioClient], server: ScriptedServer
+def test_a_different_conference_in_the_body_is_a_permanent_mismatch(
+    client: TwilioClient, server: ScriptedServer
 ) -> None:
-    client = make_client(max_attempts=1)
     server.script(Reply(200, conference_json("CF" + "e" * 32)))
-    with pytest.raises(BadPayload, match="expected"):
+    with pytest.raises(ResourceMismatch, match="CF" + "e" * 32) as caught:
         client.fetch_conference(SID)
+    assert not isinstance(caught.value, BadPayload | TransientError)
+    assert len(server.seen) == 1 and caught.value.attempts == 1
+
+
+def test_a_conference_of_another_account_is_a_permanent_mismatch(
+    client: TwilioClient, server: ScriptedServer
+) -> None:
+    server.script(Reply(200, conference_json() | {"account_sid": SUBACCOUNT}))
+    with pytest.raises(ResourceMismatch, match=SUBACCOUNT):
+        client.fetch_conference(SID)
+    assert len(server.seen) == 1
 
 
 def test_basic_auth_with_the_auth_token(client: TwilioClient, server: ScriptedServer) -> None:
@@ -401,8 +412,9 @@ def test_list_follows_next_page_uri_exactly(client: TwilioClient, server: Script
         "PageSize": ["2"],
         "Status": ["in-progress"],
         "FriendlyName": ["My Room"],
-        "DateCreated>=": ["2021-01-01"],
+        "DateCreated>": ["2021-01-01"],  # Twilio's name; on the wire DateCreated%3E=2021-01-01
     }
+    assert "DateCreated%3E=2021-01-01" in server.seen[0].path
 
 
 def test_an_absolute_next_page_uri_is_refused(

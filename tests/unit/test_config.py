@@ -214,6 +214,7 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         ("HTTP_LISTEN", "", lambda s: s.http.listen, None),
         ("LOGGING_FORMAT", "json", lambda s: s.logging.format, "json"),
         ("TWILIO_EDGE", "", lambda s: s.twilio.edge, None),
+        ("TWILIO_REQUEST_DEADLINE", "1500ms", lambda s: s.twilio.request_deadline_s, 1.5),
     ],
 )
 def test_environment_overrides_each_type(
@@ -387,7 +388,6 @@ def test_a_broken_file_reports_every_problem_with_key_and_line(tmp_path: Path) -
         (3, "twilio.api_key", "must be 'SK' followed by 32 hex digits"),
         (3, "twilio.api_key", "needs twilio.api_secret too"),
         (4, "twilio.edge", "must be lower-case letters, digits and '-'"),
-        (4, "twilio.edge", "needs twilio.region too"),
         (5, "twilio.base_url", "must be just http(s)://host[:port]"),
         (6, "twilio.concurency", "unknown key; did you mean 'concurrency'?"),
         (7, "twilio.concurrency", "must be between 1 and 100 (got 101)"),
@@ -442,8 +442,8 @@ def test_wrong_types_in_the_file(tmp_path: Path, line: str, problem: str) -> Non
             "twilio.api_secret: needs twilio.api_key too: an API key is a pair",
         ),
         (
-            f'account_sid = "{SID}"\nauth_token = "t"\nregion = "ie1"',
-            "twilio.region: needs twilio.edge too: give both or neither",
+            f'account_sid = "{SID}"\nauth_token = "t"\nregion = "de1"',
+            "twilio.region: Twilio region 'de1' needs an edge too",
         ),
         (
             f'account_sid = "{SID}"\nauth_token = "t"\nedge = "dublin"\nregion = "IE 1"',
@@ -452,6 +452,8 @@ def test_wrong_types_in_the_file(tmp_path: Path, line: str, problem: str) -> Non
         ('base_url = "ftp://api.example"', "twilio.base_url: must be an http:// or https:// URL"),
         ('base_url = "http://[::1"', "twilio.base_url: is not a valid URL"),
         ('connect_timeout = "0s"', "twilio.connect_timeout: must be more than 0"),
+        ('request_deadline = "0s"', "twilio.request_deadline: must be more than 0"),
+        ('request_deadline = "soon"', "twilio.request_deadline: invalid duration 'soon'"),
         ("concurrency = 0", "twilio.concurrency: must be between 1 and 100 (got 0)"),
         ("max_requests_per_second = -1", "twilio.max_requests_per_second: must be 0"),
     ],
@@ -784,3 +786,44 @@ def test_http_host_without_listen_is_an_error() -> None:
 def test_bad_http_listen(listen: str) -> None:
     [problem] = problems_of(None, {"CONFERENCE_MONITOR_HTTP_LISTEN": listen})
     assert "http.listen: expected host:port" in problem
+
+
+# --- TWILIO_EDGE / TWILIO_REGION, as the Twilio SDK reads them -------------------
+
+
+def test_request_deadline_defaults_to_four_seconds() -> None:
+    assert load_settings(None, environ={}).twilio.request_deadline_s == 4.0
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "expected"),
+    [
+        ("", {"TWILIO_EDGE": "sydney", "TWILIO_REGION": "au1"}, ("sydney", "au1")),
+        ("", {"TWILIO_EDGE": "dublin"}, ("dublin", None)),  # region us1 implied, as the SDK does
+        ("", {"TWILIO_REGION": "ie1"}, (None, "ie1")),  # its default edge, dublin
+        (
+            'edge = "dublin"\nregion = "ie1"',
+            {"TWILIO_EDGE": "x", "TWILIO_REGION": "y"},
+            ("dublin", "ie1"),
+        ),
+        ('region = "ie1"', {"TWILIO_EDGE": "dublin"}, ("dublin", "ie1")),  # each key on its own
+        ("", {"TWILIO_EDGE": "", "TWILIO_REGION": ""}, (None, None)),
+    ],
+)
+def test_twilio_edge_and_region_variables_fill_what_the_file_leaves_out(
+    tmp_path: Path, file: str, env: dict[str, str], expected: tuple[str | None, str | None]
+) -> None:
+    path = write(tmp_path, f"[twilio]\n{file}\n")
+    twilio = load_settings(path, environ=env).twilio
+    assert (twilio.edge, twilio.region) == expected
+
+
+def test_a_config_override_beats_twilio_edge() -> None:
+    env = {"TWILIO_EDGE": "dublin", "CONFERENCE_MONITOR_TWILIO_EDGE": "sydney"}
+    assert load_settings(None, environ=env).twilio.edge == "sydney"
+
+
+def test_a_bad_twilio_region_variable_is_named() -> None:
+    [problem] = problems_of(None, {"TWILIO_REGION": "de1"})
+    assert problem.startswith("TWILIO_REGION: twilio.region: Twilio region 'de1' needs an edge")
+    load_settings(None, environ={"TWILIO_REGION": "de1", "TWILIO_EDGE": "frankfurt"})

@@ -9,14 +9,22 @@ from typing import Any
 
 import pytest
 
-from monitor.domain import Conference
+from monitor.domain import (
+    DROPPED_FIELDS_KEY,
+    MAX_DROPPED_NAMES,
+    RAW_JSON_CAP_BYTES,
+    Conference,
+    fingerprint,
+)
 from monitor.twilio import (
     ConferencePage,
     PayloadError,
     TwilioClient,
     format_rfc2822,
+    listed_sid,
     parse_conference,
     parse_conference_page,
+    parse_listed,
 )
 from tests.openapi import OPENAPI_PATH
 
@@ -166,7 +174,6 @@ PAGE_MALFORMED: list[tuple[str, object, str]] = [
     ("not an object", "[]", "JSON object"),
     ("no conferences", {"next_page_uri": None}, "conferences"),
     ("conferences not a list", {"conferences": {}}, "conferences"),
-    ("bad item", {"conferences": [{"sid": "CF" + "a" * 32}, {"sid": "bad"}]}, "conferences[1].sid"),
     ("next_page_uri number", {"conferences": [], "next_page_uri": 3}, "next_page_uri"),
     ("page as string", {"conferences": [], "page": "0"}, "page"),
     ("page_size as bool", {"conferences": [], "page_size": True}, "page_size"),
@@ -196,6 +203,10 @@ def test_format_rfc2822_converts_to_utc_and_refuses_naive() -> None:
         (None, None, None, "https://api.twilio.com"),
         ("dublin", "ie1", None, "https://api.dublin.ie1.twilio.com"),
         ("Sydney", "AU1", None, "https://api.sydney.au1.twilio.com"),
+        ("dublin", None, None, "https://api.dublin.us1.twilio.com"),  # the SDK's rule
+        (None, "ie1", None, "https://api.dublin.ie1.twilio.com"),  # the newer SDKs' default edge
+        (None, "AU1", None, "https://api.sydney.au1.twilio.com"),
+        (None, "us1", None, "https://api.ashburn.us1.twilio.com"),
         ("dublin", "ie1", "http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
         (None, None, "http://127.0.0.1:8080", "http://127.0.0.1:8080"),
         ("", "", None, "https://api.twilio.com"),
@@ -210,8 +221,8 @@ def test_host_for(
 @pytest.mark.parametrize(
     ("edge", "region", "base_url"),
     [
-        (None, "ie1", None),  # the retired short form api.ie1.twilio.com
-        ("dublin", None, None),
+        (None, "de1", None),  # would be the retired short form api.de1.twilio.com
+        (None, "ie1.evil.com", None),
         ("dub lin", "ie1", None),
         ("dublin", "ie1.evil.com/", None),
         (None, None, "ftp://api.twilio.com"),
@@ -228,3 +239,112 @@ def test_host_for_refuses(edge: str | None, region: str | None, base_url: str | 
 def _valid() -> dict[str, Any]:
     single = dict(SINGLES[0][1])
     return copy.deepcopy(single)
+
+
+# -- list items, parsed one by one ----------------------------------------------
+
+ACCOUNT = "AC" + "a" * 32
+
+
+def _item(sid: str, **changes: Any) -> dict[str, Any]:
+    return _valid() | {"sid": sid, "account_sid": ACCOUNT} | changes
+
+
+def test_a_page_keeps_items_raw_and_one_bad_item_fails_only_itself() -> None:
+    good, bad, foreign = "CF" + "1" * 32, "CF" + "2" * 32, "CF" + "3" * 32
+    items = [
+        _item(good),
+        _item(bad, date_created=12),
+        _item(foreign, account_sid="AC" + "b" * 32),
+        "not an object",
+        _item("CF" + "4" * 32),
+    ]
+    page = parse_conference_page({"conferences": items, "next_page_uri": None}, ACCOUNT)
+    assert page.items == (items[0], items[1], items[2], items[4])  # the very objects, in order
+    assert page.items[0] is items[0] and page.dropped == 1
+    conferences, rejected = page.parsed
+    assert [c.sid for c in conferences] == [good, "CF" + "4" * 32]
+    assert [(r.index, r.sid, r.error.field) for r in rejected] == [
+        (1, bad, "date_created"),
+        (2, foreign, "account_sid"),
+    ]
+    assert page.conferences == conferences
+
+
+def test_listed_sid_only_for_well_formed_sids() -> None:
+    sid = "CF" + "a" * 32
+    assert listed_sid({"sid": sid, "date_created": 12}) == sid
+    for item in ({"sid": sid + "\n"}, {"sid": "CFnope"}, {"sid": 5}, {}, [sid], None, sid):
+        assert listed_sid(item) is None
+
+
+def test_parse_listed_refuses_another_account_and_accepts_a_null_one() -> None:
+    sid = "CF" + "a" * 32
+    assert parse_listed(_item(sid), ACCOUNT).sid == sid
+    assert parse_listed(_item(sid), ACCOUNT.upper().replace("AC", "AC", 1)).sid == sid
+    assert parse_listed(_item(sid, account_sid=None), ACCOUNT).account_sid is None
+    with pytest.raises(PayloadError, match="AC" + "b" * 32) as caught:
+        parse_listed(_item(sid, account_sid="AC" + "b" * 32), ACCOUNT)
+    assert caught.value.field == "account_sid"
+    with pytest.raises(PayloadError) as caught:
+        parse_listed(_item(sid, status=["in-progress"]), ACCOUNT)
+    assert caught.value.field == "status"
+
+
+@pytest.mark.parametrize("field", ["sid", "account_sid", "call_sid_ending_conference"])
+def test_a_sid_with_a_trailing_newline_is_refused(field: str) -> None:
+    obj = _valid() | {"call_sid_ending_conference": "CA" + "c" * 32}
+    obj[field] = obj[field] + "\n"
+    with pytest.raises(PayloadError) as caught:
+        parse_conference(obj)
+    assert caught.value.field == field
+
+
+def test_the_fast_parse_equals_validated_construction() -> None:
+    for name, example in SINGLES:
+        fast = parse_conference(example)
+        slow = Conference(
+            raw=example,
+            **{f: getattr(fast, f) for f in FIELDS},
+        )
+        assert fast == slow and fast.raw is example, name
+        assert fast.content_hash == fingerprint(example) == slow.content_hash
+
+
+def test_dict_and_str_subclasses_take_the_slow_path_and_still_parse() -> None:
+    class Sub(dict):  # type: ignore[type-arg]
+        pass
+
+    class Text(str):
+        pass
+
+    obj = Sub(_valid())
+    obj["friendly_name"] = Text(obj["friendly_name"])
+    assert parse_conference(obj) == parse_conference(_valid())
+
+
+# -- what a snapshot stores ------------------------------------------------------
+
+
+def test_raw_json_is_the_object_as_received_under_the_cap() -> None:
+    obj = _valid() | {"mixer_zone": "us1", "new_thing": {"a": [1, 2]}}
+    assert json.loads(parse_conference(obj).raw_json()) == obj
+
+
+def test_raw_json_drops_unknown_fields_past_the_cap_but_the_hash_covers_them() -> None:
+    bulky = {f"extra_{i:03d}": "x" * 200 for i in range(100)}
+    obj = _valid() | bulky
+    conference = parse_conference(obj)
+    stored = json.loads(conference.raw_json())
+    assert len(conference.raw_json().encode()) < RAW_JSON_CAP_BYTES
+    marker = stored.pop(DROPPED_FIELDS_KEY)
+    assert stored == _valid()  # the documented fields, exactly as received
+    assert marker["count"] == 100 and marker["bytes"] > RAW_JSON_CAP_BYTES
+    assert marker["names"] == sorted(bulky)[:MAX_DROPPED_NAMES]
+    assert conference.content_hash == fingerprint(obj) != fingerprint(_valid())
+
+
+def test_raw_json_marker_names_are_bounded() -> None:
+    obj = _valid() | {"n" * 500: "x" * RAW_JSON_CAP_BYTES}
+    marker = json.loads(parse_conference(obj).raw_json())[DROPPED_FIELDS_KEY]
+    assert marker["names"] == ["n" * 64]

@@ -30,7 +30,7 @@ log = logging.getLogger("monitor.sweep")
 LISTED_STATUSES = ("in-progress", "init")
 # Sweeps of an account that have not succeeded for this many intervals (and nobody
 # holds a live sweep lease): its watches fall back to one-by-one fetching.
-STALE_AFTER_INTERVALS = 3
+STALE_AFTER_INTERVALS = 2
 
 
 class SweepAborted(Exception):

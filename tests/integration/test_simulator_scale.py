@@ -73,9 +73,7 @@ def test_bulk_create_refuses_bad_requests_and_creates_nothing(
     assert len(sim.state) == 0
 
 
-def test_scripts_for_many_conferences_at_once(
-    sim: SimulatorServer, ctl: SimulatorControl
-) -> None:
+def test_scripts_for_many_conferences_at_once(sim: SimulatorServer, ctl: SimulatorControl) -> None:
     a, b, c = ctl.create_conferences(3)
     scheduled = ctl.script_many(
         {

@@ -43,7 +43,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings, _env: Mapping[str, s
         if args.json:
             print(json_line({"check": r.name, "status": r.status, "detail": r.detail}))
         else:
-            print(f"{r.status.upper() if r.failed else r.status:7} {r.name:9} {escape(r.detail)}")
+            label = {"ok": "ok", "fail": "FAIL", "skipped": "skip"}[r.status]
+            print(f"{label:6}{r.name:9} {escape(r.detail)}")
     return EXIT_FAILURE if any(r.failed for r in results) else EXIT_OK
 
 

@@ -24,7 +24,7 @@ from monitor.cli.base import (
 from monitor.config import Settings
 from monitor.db import watchlist
 from monitor.db.outbox import STATUSES
-from monitor.output import Column, cell, emit, json_line, truncation_note
+from monitor.output import Column, cell, emit, escape, json_line, truncation_note
 
 DELIVERY_COLUMNS = (
     Column("id", min_width=2, keep=9),
@@ -120,16 +120,16 @@ def cmd_deliveries_show(
     if shown is None:
         print(f"error: no delivery with id {args.id}", file=sys.stderr)
         return EXIT_FAILURE
-    body = _body(shown.pop("body"))
+    sent = shown.pop("body")
     shown = {k: v for k, v in shown.items() if k not in ("lease_owner", "lease_until")}
     if args.json:
-        print(json_line({**shown, "body": body}))
+        print(json_line({**shown, "body": _body(sent)}))
         return EXIT_OK
     view = view_of(args, env)
     for key in SHOWN_FIELDS:
         print(f"{key:16} {cell(shown.get(key), view.local_time)}")
-    print("body:")
-    print(json.dumps(body, indent=2, ensure_ascii=True))
+    print("body (exactly as sent):")
+    print(escape(sent))  # JSON escapes C0 controls, not C1 or bidirectional ones
     print("attempts:")
     emit(shown["attempt_log"], ATTEMPT_COLUMNS, as_json=False, empty="  (none yet)", view=view)
     return EXIT_OK

@@ -120,7 +120,7 @@ def test_check_reports_each_part(config: Path, tmp_path: Path, sim: SimulatorSer
         "check", config=config, env={"CONFERENCE_MONITOR_TWILIO_AUTH_TOKEN": "wrong-secret-xyz"}
     )
     assert bad.returncode == 1
-    assert "FAIL    twilio" in bad.stdout
+    assert "FAIL  twilio" in bad.stdout
     assert "wrong-secret-xyz" not in bad.stdout + bad.stderr
 
 

@@ -43,14 +43,27 @@ def shipped(kind: str) -> str:
 
 
 def this_script() -> str:
-    """The console script of this installation (venv, pipx), else `python -m monitor`."""
+    """The console script of this installation (venv, pipx), else `python -m monitor`,
+    as the start of an Exec line."""
     beside = Path(sys.executable).parent / "conference-monitor"
     if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+        return unit_quote(str(beside))
     found = shutil.which("conference-monitor")
     if found:
-        return str(Path(found).absolute())
+        return unit_quote(str(Path(found).absolute()))
     return f"{unit_quote(sys.executable)} -m monitor"
+
+
+def script_for(args: argparse.Namespace) -> str:
+    script = unit_quote(args.exec) if args.exec else this_script()
+    if script.lstrip('"').startswith(HIDDEN_BY_PROTECT_HOME):
+        print(
+            f"warning: {escape(script)} is under a home directory, which the unit's "
+            "ProtectHome=yes hides from the service; install into /opt/conference-monitor "
+            "instead (see README)",
+            file=sys.stderr,
+        )
+    return script
 
 
 def unit_quote(path: str) -> str:
@@ -69,21 +82,9 @@ def unit_text(script: str) -> str:
     return text.replace(SHIPPED_SCRIPT, script)
 
 
-def _warn_hidden(script: str) -> None:
-    if script.startswith(HIDDEN_BY_PROTECT_HOME):
-        print(
-            f"warning: {escape(script)} is under a home directory, which the unit's "
-            "ProtectHome=yes hides from the service; install into /opt/conference-monitor "
-            "instead (see README)",
-            file=sys.stderr,
-        )
-
-
 def cmd_print(args: argparse.Namespace, _settings: None, _env: Mapping[str, str]) -> int:
     if args.kind == "unit":
-        script = args.exec or this_script()
-        _warn_hidden(script)
-        print(unit_text(script), end="")
+        print(unit_text(script_for(args)), end="")
     else:
         print(shipped(args.kind), end="")
     return EXIT_OK
@@ -122,10 +123,10 @@ def install(root: Path, script: str, force: bool) -> list[str]:
 
 
 NEXT_STEPS = """
-next:
-  edit {etc}/config.toml             (account_sid, notifiers)
-  put the auth token in {etc}/credentials/TWILIO_AUTH_TOKEN (mode 0600)
-  systemctl daemon-reload && systemctl enable --now conference-monitor
+next steps:
+  1. set [twilio] account_sid in {etc}/config.toml
+  2. put the auth token in {etc}/credentials/TWILIO_AUTH_TOKEN (mode 0600)
+  3. systemctl daemon-reload && systemctl enable --now conference-monitor
 """
 
 
@@ -133,8 +134,7 @@ def cmd_install(args: argparse.Namespace, _settings: None, _env: Mapping[str, st
     root = Path(args.root)
     if not root.is_dir():
         raise UsageError(f"--root {escape(args.root)} is not a folder")
-    script = args.exec or this_script()
-    _warn_hidden(script)
+    script = script_for(args)
     try:
         report = install(root, script, args.force)
     except OSError as exc:

@@ -92,13 +92,17 @@ def default_database_url(environ: Mapping[str, str]) -> str:
 
 
 def load_settings(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_secrets: bool = True,
 ) -> Settings:
     """Read, overlay and validate everything; raise ConfigError listing every problem.
 
     Precedence, highest first: CONFERENCE_MONITOR_<SECTION>_<KEY>, TWILIO_*,
     $CREDENTIALS_DIRECTORY files, the TOML file, TWILIO_EDGE/TWILIO_REGION,
-    built-in defaults.
+    built-in defaults. Without `require_secrets`, a secret that is absent here
+    (no credentials directory in a shell) is not a problem: its setting is left empty.
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
     source = _config_path(path, env)
@@ -109,8 +113,8 @@ def load_settings(
     _overlay_twilio_env(raws, env)
     _overlay_overrides(raws, ctx)
     settings = _build(raws, notifier_tables, ctx, source)
-    if ctx.problems:
-        raise ConfigError(ctx.problems.messages)
+    if problems := ctx.problems.blocking(require_secrets):
+        raise ConfigError(problems)
     return settings
 
 
@@ -278,7 +282,9 @@ def _overlay_credentials_directory(raws: _Layers, ctx: _Context) -> None:
         try:
             text = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
-            ctx.problems.add(Origin(file=str(path)), f"twilio.{key}", "cannot read credential file")
+            ctx.problems.add(
+                Origin(file=str(path)), f"twilio.{key}", "cannot read credential file", secret=True
+            )
             continue
         if text:
             raws["twilio"][key] = RawValue(text, Origin(file=str(path)), textual=True)
@@ -477,7 +483,7 @@ def _secret_text(s: SectionValues, key: str, environ: Mapping[str, str]) -> str 
         return None
     if key == "secret_env":
         if not environ.get(source):
-            s.problem(key, f"environment variable {source!r} is not set")
+            s.problem(key, f"environment variable {source!r} is not set", secret=True)
         return environ.get(source) or None
     return _read_credential(s, source, environ)
 
@@ -500,14 +506,17 @@ def _read_credential(s: SectionValues, name: str, environ: Mapping[str, str]) ->
             "secret_credential",
             f"credential {name!r} needs $CREDENTIALS_DIRECTORY, "
             "which is not set (systemd LoadCredential=)",
+            secret=True,
         )
     elif not (path := Path(folder) / name).is_file():
-        s.problem("secret_credential", f"credential file {str(path)!r} does not exist")
+        s.problem("secret_credential", f"credential file {str(path)!r} does not exist", secret=True)
     else:
         try:
             return path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError):
-            s.problem("secret_credential", f"cannot read credential file {str(path)!r}")
+            s.problem(
+                "secret_credential", f"cannot read credential file {str(path)!r}", secret=True
+            )
     return None
 
 

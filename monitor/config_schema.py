@@ -417,13 +417,26 @@ class RawValue:
 
 
 class Problems:
-    """Every problem found, each formatted `<where>: <section>.<key>: <what is wrong>`."""
+    """Every problem found, each formatted `<where>: <section>.<key>: <what is wrong>`.
+
+    `secret_only` problems are a secret that is absent or unreadable here; commands
+    that never use secrets (`watch`, `events`, `db upgrade`, ...) run despite them.
+    """
 
     def __init__(self) -> None:
         self.messages: list[str] = []
+        self.secret_only: list[str] = []
 
-    def add(self, origin: Origin, label: str | None, what: str) -> None:
-        self.messages.append(origin.prefix() + (f"{label}: {what}" if label else what))
+    def add(self, origin: Origin, label: str | None, what: str, *, secret: bool = False) -> None:
+        message = origin.prefix() + (f"{label}: {what}" if label else what)
+        self.messages.append(message)
+        if secret:
+            self.secret_only.append(message)
+
+    def blocking(self, require_secrets: bool) -> list[str]:
+        if require_secrets:
+            return self.messages
+        return [m for m in self.messages if m not in self.secret_only]
 
     def __bool__(self) -> bool:
         return bool(self.messages)
@@ -441,9 +454,12 @@ class SectionValues:
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
-    def problem(self, key: str, what: str) -> None:
-        self.failed = True
-        self.problems.add(self.origins.get(key, self.home), f"{self.name}.{key}", what)
+    def problem(self, key: str, what: str, *, secret: bool = False) -> None:
+        """Record a problem; a missing `secret` leaves the section usable without it."""
+        self.failed = self.failed or not secret
+        self.problems.add(
+            self.origins.get(key, self.home), f"{self.name}.{key}", what, secret=secret
+        )
 
     def load(self, keys: Mapping[str, Key], raws: Mapping[str, RawValue]) -> SectionValues:
         for key, raw in raws.items():
@@ -500,7 +516,9 @@ def _check_credentials(s: SectionValues) -> None:
     if secrets and not s.given("account_sid"):
         s.problem(secrets[0], "needs twilio.account_sid (or TWILIO_ACCOUNT_SID)")
     elif s.given("account_sid") and not secrets:
-        s.problem("account_sid", "needs twilio.auth_token, or twilio.api_key with api_secret")
+        s.problem(
+            "account_sid", "needs twilio.auth_token, or twilio.api_key with api_secret", secret=True
+        )
 
 
 def url_problem(url: str, *, bare: bool) -> str | None:

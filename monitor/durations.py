@@ -1,4 +1,4 @@
-"""Human durations ("500ms", "5s", "1h30m", "90d") to float seconds and back.
+"""Human durations ("500ms", "5s", "1h30m", "90d", "1w") to float seconds and back.
 
 Config files and the command line speak in these; everything inside the
 monitor works in float seconds, so the conversion lives in one place.
@@ -10,6 +10,7 @@ import math
 import re
 
 UNIT_SECONDS: dict[str, float] = {
+    "w": 604800.0,
     "d": 86400.0,
     "h": 3600.0,
     "m": 60.0,
@@ -18,10 +19,13 @@ UNIT_SECONDS: dict[str, float] = {
 }
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 # "ms" before "m" and "s" so "5ms" is milliseconds, not minutes followed by junk.
-_PART = re.compile(rf"({_NUMBER})(ms|d|h|m|s)")
-_COMPOUND = re.compile(rf"(?:{_NUMBER}(?:ms|d|h|m|s)\s*)+")
+_PART = re.compile(rf"({_NUMBER})(ms|w|d|h|m|s)")
+_COMPOUND = re.compile(rf"(?:{_NUMBER}(?:ms|w|d|h|m|s)\s*)+")
 _BARE = re.compile(_NUMBER)
-_HINT = "expected a number of seconds or a number with a unit (ms, s, m, h, d), e.g. '5s', '1h30m'"
+_HINT = (
+    "expected a number of seconds or a number with a unit (ms, s, m, h, d, w), "
+    "e.g. '5s', '1h30m', '1w'"
+)
 
 
 def parse_duration(text: str | int | float) -> float:

@@ -37,6 +37,7 @@ SWEEPS = cast(Table, AccountSweep.__table__)
 W, S, E, D = (cast(Table, m.__table__) for m in (Watch, Snapshot, Event, Delivery))
 
 CHUNK = 500  # rows per IN list or executemany, well under every driver's parameter limit
+ADD_CHUNK = 1000
 T = TypeVar("T")
 
 
@@ -118,6 +119,13 @@ class BatchResult:
     dropped: int = 0  # changes that lost the race to another observer, or were stale
     events: list[NewEvent] = field(default_factory=list)
     recovered_accounts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AddResult:
+    added: set[str] = field(default_factory=set)
+    relabelled: set[str] = field(default_factory=set)
+    unchanged: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -210,21 +218,51 @@ class Store:
         *,
         mode: str = "fetch",
     ) -> list[str]:
-        """Insert the SIDs not yet watched; returns those added, in the order given.
+        """Insert the SIDs not yet watched; returns those added, in the order given."""
+        added = self.add_many(sids, account_sid, label, now, mode=mode).added
+        return [s for s in dict.fromkeys(sids) if s in added]
 
-        Linear in the number of SIDs, and safe against a concurrent add of the
-        same SID (the primary key decides, the loser adds nothing).
+    def add_many(
+        self,
+        sids: Sequence[str],
+        account_sid: str,
+        label: str | None,
+        now: datetime,
+        *,
+        mode: str = "fetch",
+        relabel: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> AddResult:
+        """Watch the SIDs not yet watched; with `relabel`, set the label of those that are.
+
+        Linear in the number of SIDs, written in chunks inside one transaction (a
+        failure adds nothing), and safe against a concurrent add of the same SID:
+        the primary key decides, and the loser counts it as already watched.
         """
         unique = list(dict.fromkeys(sids))
-        added: set[str] = set()
+        result = AddResult()
         with self.writing() as conn:
-            for part in chunks(unique):
+            for done, part in enumerate(chunks(unique, ADD_CHUNK), start=1):
                 rows = [_new_watch(s, account_sid, label, now, mode) for s in part]
                 stmt = self.insert_ignoring_conflicts(W).returning(W.c.sid)
-                added.update(conn.execute(stmt, rows).scalars())
-            if added:
+                fresh = set(conn.execute(stmt, rows).scalars())
+                result.added |= fresh
+                existing = [s for s in part if s not in fresh]
+                if relabel and existing:
+                    result.relabelled |= set(
+                        conn.scalars(
+                            update(W)
+                            .where(W.c.sid.in_(existing), _differs(W.c.label, label))
+                            .values(label=label)
+                            .returning(W.c.sid)
+                        )
+                    )
+                result.unchanged |= {s for s in existing if s not in result.relabelled}
+                if progress is not None:
+                    progress(min(done * ADD_CHUNK, len(unique)), len(unique))
+            if result.added:
                 self._ensure_sweep_row(conn, account_sid, now)
-        return [s for s in unique if s in added]
+        return result
 
     def _ensure_sweep_row(self, conn: Connection, account_sid: str, now: datetime) -> None:
         row = {"account_sid": account_sid, "next_sweep_at": now}
@@ -482,6 +520,13 @@ def watch_state(r: Any) -> WatchState:
         status=r.status,
         consecutive_errors=r.consecutive_errors,
     )
+
+
+def _differs(column: Any, value: str | None) -> Any:
+    """`column IS DISTINCT FROM value`, in a form both dialects accept."""
+    if value is None:
+        return column.is_not(None)
+    return column.is_(None) | (column != value)
 
 
 def _start_auth_episode(conn: Connection, event: NewEvent) -> bool:

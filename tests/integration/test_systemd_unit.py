@@ -21,7 +21,7 @@ from monitor.config import load_settings
 UNIT_NAME = "conference-monitor.service"
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD_DIR / UNIT_NAME
-INSTALLED_BINARY = "/usr/local/bin/conference-monitor"
+INSTALLED_BINARY = "/opt/conference-monitor/bin/conference-monitor"
 CONFIG_DIR = "/etc/conference-monitor"
 
 # `systemd-analyze security` scale: 0 is best, 10 worst; "OK" ends at 4.9.
@@ -173,14 +173,47 @@ def test_example_config_and_environment_load(tmp_path: Path) -> None:
     (tmp_path / "TWILIO_AUTH_TOKEN").write_text("token\n")
     (tmp_path / "WEBHOOK_SECRET").write_text("whsec_" + "QUJD" * 8 + "\n")
     environ["CREDENTIALS_DIRECTORY"] = str(tmp_path)
-    settings = load_settings(SYSTEMD_DIR / "config.example.toml", environ)
+    config = tmp_path / "config.toml"
+    config.write_text(_with_webhook_enabled((SYSTEMD_DIR / "config.example.toml").read_text()))
+    settings = load_settings(config, environ)
     assert settings.http.listen == environ["CONFERENCE_MONITOR_HTTP_LISTEN"]
     assert {n.type for n in settings.notifiers} == {"log", "webhook"}
+
+
+def _with_webhook_enabled(text: str) -> str:
+    """The example's commented-out webhook block ("#key = ...", no space) switched on."""
+    enabled = re.sub(r"^#(?=\S)", "", text, flags=re.M)
+    assert enabled.count("[[notifiers]]") == 2
+    return enabled
+
+
+def test_example_config_works_as_shipped_from_a_shell() -> None:
+    """As installed, with no credentials at hand (a root shell): the database is the
+    daemon's, and commands that need no secrets load it."""
+    settings = load_settings(SYSTEMD_DIR / "config.example.toml", {}, require_secrets=False)
+    assert settings.database.url == "sqlite:////var/lib/conference-monitor/conference-monitor.db"
+    assert [n.type for n in settings.notifiers] == ["log"]
+    token = {"TWILIO_AUTH_TOKEN": "token"}
+    assert load_settings(SYSTEMD_DIR / "config.example.toml", token).twilio.basic_auth()
+
+
+def test_example_environment_overrides_nothing_until_edited() -> None:
+    """Every line is commented out, so it cannot silently beat config.toml."""
+    lines = (SYSTEMD_DIR / "conference-monitor.env.example").read_text().splitlines()
+    assert [line for line in lines if line.strip() and not line.startswith("#")] == []
+
+
+def test_unit_migrates_before_it_runs() -> None:
+    text = UNIT.read_text()
+    pre = re.findall(r"^ExecStartPre=(.*)$", text, flags=re.M)
+    start = re.findall(r"^ExecStart=(.*)$", text, flags=re.M)
+    assert pre == [f"{INSTALLED_BINARY} db upgrade --config {CONFIG_DIR}/config.toml"]
+    assert start == [f"{INSTALLED_BINARY} run --config {CONFIG_DIR}/config.toml"]
 
 
 def test_example_credentials_are_offered_by_the_unit() -> None:
     """Each secret_credential in the example config has a LoadCredential= line to enable."""
     config = (SYSTEMD_DIR / "config.example.toml").read_text()
-    wanted = set(re.findall(r'^secret_credential = "(\w+)"', config, flags=re.M))
+    wanted = set(re.findall(r'^#?secret_credential = "(\w+)"', config, flags=re.M))
     assert wanted
     assert wanted <= set(_credential_names(UNIT.read_text()))

@@ -76,3 +76,8 @@ def test_format_then_parse_round_trips(seconds: float) -> None:
 def test_format_duration_rejects_what_cannot_be_parsed_back(seconds: float) -> None:
     with pytest.raises(ValueError):
         format_duration(seconds)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1w", 604800.0), ("2w3d", 17 * 86400.0)])
+def test_weeks(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds

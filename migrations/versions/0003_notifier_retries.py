@@ -22,9 +22,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pause_reason", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("circuit", sa.String(length=12), nullable=True))
         batch_op.add_column(
-            sa.Column(
-                "consecutive_failures", sa.Integer(), server_default="0", nullable=False
-            )
+            sa.Column("consecutive_failures", sa.Integer(), server_default="0", nullable=False)
         )
         batch_op.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
 

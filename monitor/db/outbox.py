@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
+from typing import cast as typed
 
 from sqlalchemy import (
     Connection,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,7 +31,7 @@ from sqlalchemy.orm import aliased
 
 from monitor.db.models import Delivery, DeliveryAttempt, Event, NotifierState, UTCDateTime
 
-D, A, E, N = (cast(Table, m.__table__) for m in (Delivery, DeliveryAttempt, Event, NotifierState))
+D, A, E, N = (typed(Table, m.__table__) for m in (Delivery, DeliveryAttempt, Event, NotifierState))
 
 STATUSES = ("pending", "delivered", "failed", "dead")
 
@@ -119,7 +121,7 @@ class Outbox:
                 or_(D.c.lease_until.is_(None), D.c.lease_until < now),
                 or_(D.c.conference_sid.is_(None), ~blocked),
             )
-            .order_by(D.c.id)
+            .order_by(D.c.next_attempt_at, D.c.id)
             .limit(limit)
         )
         if self.is_postgres:
@@ -156,16 +158,17 @@ class Outbox:
     def finish_many(self, owner: str, items: Sequence[tuple[int, AttemptOutcome]]) -> set[int]:
         """Record many attempts in one transaction; the ids whose lease was still ours.
 
-        The rows are locked (PostgreSQL) or the database is (SQLite `BEGIN IMMEDIATE`)
-        before the lease is checked, so the check and the update cannot be split.
+        On PostgreSQL one `UPDATE ... FROM (VALUES ...)` checks the lease and writes every
+        row (a round trip each would dominate); on SQLite the database is locked for the
+        transaction (`BEGIN IMMEDIATE`), so checking first and updating after is atomic.
         """
         if not items:
             return set()
         with self.engine.begin() as conn:
+            if self.is_postgres:
+                return _finish_pg(conn, owner, items)
             ids = [delivery_id for delivery_id, _ in items]
             owned_q = select(D.c.id).where(D.c.id.in_(ids), D.c.lease_owner == owner)
-            if self.is_postgres:
-                owned_q = owned_q.with_for_update(of=D)
             owned = {row.id for row in conn.execute(owned_q)}
             mine = [(i, o) for i, o in items if i in owned]
             if mine:
@@ -411,6 +414,67 @@ _FINISH = (
         ),
     )
 )
+
+
+# PostgreSQL: every outcome of a batch in one statement (arrays unnested), with
+# constant text so the server keeps one plan; the lease is checked row by row in it.
+_FINISH_PG = text(
+    """
+    UPDATE deliveries AS d SET
+        status = v.status, attempts = d.attempts + 1, lease_owner = NULL,
+        lease_until = NULL, last_error = v.error, last_status_code = v.code,
+        delivered_at = v.delivered_at, next_attempt_at = COALESCE(v.next_at, d.next_attempt_at)
+    FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
+        CAST(:codes AS int[]), CAST(:delivered AS timestamptz[]), CAST(:next AS timestamptz[])
+    ) AS v(id, status, error, code, delivered_at, next_at)
+    WHERE d.id = v.id AND d.lease_owner = :owner
+    RETURNING d.id
+    """
+)
+_ATTEMPTS_PG = text(
+    """
+    INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, error, duration_ms)
+    SELECT * FROM unnest(
+        CAST(:ids AS bigint[]), CAST(:at AS timestamptz[]), CAST(:codes AS int[]),
+        CAST(:errors AS text[]), CAST(:durations AS float8[])
+    )
+    """
+)
+
+
+def _finish_pg(
+    conn: Connection, owner: str, items: Sequence[tuple[int, AttemptOutcome]]
+) -> set[int]:
+    params = [_finish_params(i, o) for i, o in items]
+    owned = {
+        row.id
+        for row in conn.execute(
+            _FINISH_PG,
+            {
+                "owner": owner,
+                "ids": [p["b_id"] for p in params],
+                "statuses": [p["b_status"] for p in params],
+                "errors": [p["b_error"] for p in params],
+                "codes": [p["b_code"] for p in params],
+                "delivered": [p["b_delivered_at"] for p in params],
+                "next": [p["b_next_attempt_at"] for p in params],
+            },
+        )
+    }
+    mine = [(i, o) for i, o in items if i in owned]
+    if mine:
+        conn.execute(
+            _ATTEMPTS_PG,
+            {
+                "ids": [i for i, _ in mine],
+                "at": [o.attempted_at for _, o in mine],
+                "codes": [o.status_code for _, o in mine],
+                "errors": [o.error for _, o in mine],
+                "durations": [o.duration_ms for _, o in mine],
+            },
+        )
+    return owned
 
 
 def _finish_params(delivery_id: int, outcome: AttemptOutcome) -> dict[str, Any]:

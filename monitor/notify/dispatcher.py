@@ -295,23 +295,35 @@ class Dispatcher:
             self._close_retired()
 
     def _next(self, lane: Lane) -> Queued | None:
-        """The next row to attempt, claiming more when the queue runs dry; None to stop."""
+        """The next row to attempt, claiming more as the queue runs low; None to stop.
+
+        The claim for more starts while a few rows are still queued, so the other
+        workers keep sending while it runs.
+        """
         while True:
             with self._lock:
+                may_refill = self._may_claim(lane) and not (
+                    lane.refilling or lane.probing or lane.circuit_open
+                )
                 if self._may_claim(lane) and lane.queue:
                     item = lane.queue.popleft()
                     lane.in_flight.append(item)
-                    return item
-                refill = self._may_claim(lane) and not (
-                    lane.refilling or lane.probing or lane.circuit_open
-                )
-                stale = [] if refill else lane.take_queue()
-                lane.refilling = lane.refilling or refill
-            if not refill:
+                    prefetch = may_refill and len(lane.queue) < lane.policy.concurrency
+                    lane.refilling = lane.refilling or prefetch
+                    break
+                stale = [] if may_refill else lane.take_queue()
+                lane.refilling = lane.refilling or may_refill
+            if not may_refill:
                 self._release(stale)
                 return None
             if not self._refill(lane):
                 return None
+        if prefetch:
+            try:
+                self._refill(lane)
+            except Exception as exc:  # the queued rows still go; the next tick claims again
+                log.warning("claiming more for %s failed: %s", lane.name, _first_line(exc))
+        return item
 
     def _refill(self, lane: Lane) -> bool:
         try:
@@ -542,6 +554,10 @@ class Dispatcher:
                 disabled[name],
                 extra={"event": "notifier.disabled", "notifier": name},
             )
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
 def _health(lane: Lane, state: NotifierStatus | None, now: datetime) -> NotifierHealth:

@@ -3,31 +3,27 @@
 Webhooks, Slack, Teams and PagerDuty all go through `HttpPoster`. Every outcome
 becomes a 2xx status or a `DeliveryError` whose flags drive the dispatcher; nothing
 here retries. A misbehaving receiver (silent, trickling, huge, redirecting) costs one
-attempt at most about `timeout_s` and `max_response_bytes`. urllib3 is used directly
-(pooled keep-alive connections, no redirects): `requests` costs several times more
-CPU per request, which is most of the budget at a thousand deliveries a second.
-`HTTP(S)_PROXY` and `NO_PROXY` are honoured as `requests` would.
+attempt at most about `timeout_s` and `max_response_bytes`. Connections are kept
+alive in a small pool per notifier (`connections.py`); redirects are never followed.
 """
 
 from __future__ import annotations
 
 import email.utils
+import http.client
 import math
 import re
+import socket
+import ssl
 import time
-import urllib.request
 from base64 import b64encode
 from collections.abc import Callable, Mapping
-from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
-
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from monitor import __version__
 from monitor.notify import deadline
 from monitor.notify.base import DeliveryError
+from monitor.notify.connections import ConnectionPool, proxy_headers
 
 USER_AGENT = f"conference-monitor/{__version__}"
 DEFAULT_TIMEOUT_S = 10.0
@@ -73,58 +69,80 @@ class HttpPoster:
         self.max_response_bytes = max_response_bytes
         self._clock = clock
         parts = urlsplit(url)
-        netloc = parts.hostname or ""
-        netloc = f"[{netloc}]" if ":" in netloc else netloc
-        netloc += f":{parts.port}" if parts.port is not None else ""
-        self._url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        self._auth = _basic_auth(parts.username, parts.password)
+        self._url = url
         self._scrub = _scrub_values(url, scrub)
-        self._manager = _manager_for(self._url, max(1, pool_size))
+        self._pool = ConnectionPool(url, pool_size, min(self.timeout_s, MAX_CONNECT_TIMEOUT_S))
+        self._fixed = {
+            "User-Agent": USER_AGENT,
+            **_basic_auth(parts.username, parts.password),
+            **proxy_headers(self._pool),
+        }
 
     def post(self, body: bytes, headers: Mapping[str, str]) -> int:
         """POST once; the 2xx status, or `DeliveryError` saying whether to retry."""
-        sent = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **self._auth, **headers}
-        status, location, retry_after, head = self._exchange(body, sent)
+        status, location, retry_after, head = self._exchange(body, {**self._fixed, **headers})
         return self._outcome(status, location, retry_after, head)
 
     def close(self) -> None:
-        self._manager.clear()
+        self._pool.close()
 
     def _exchange(
         self, body: bytes, headers: dict[str, str]
     ) -> tuple[int, str | None, str | None, bytes]:
-        """One POST under the overall deadline: status, Location, Retry-After, start of body."""
-        timeout = urllib3.Timeout(
-            connect=min(self.timeout_s, MAX_CONNECT_TIMEOUT_S), read=self.timeout_s
-        )
+        """One POST under the overall deadline: status, Location, Retry-After, start of body.
+
+        A kept-alive connection the receiver closed while idle fails before any answer;
+        that one is retried at once on a fresh connection, as browsers and urllib3 do.
+        """
         with deadline.start(self.timeout_s) as limit:
+            conn, _reused = self._pool.take()
             try:
-                response = self._manager.urlopen(
-                    "POST",
-                    self._url,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    preload_content=False,
-                    timeout=timeout,
-                )
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                # `from None`: the library's text may carry the URL's path and query.
-                raise (self._cut_off() if limit.expired else self._transport_error(exc)) from None
-            complete = False
-            try:
-                if limit.expired:  # Cut off mid-headers: what was parsed may be truncated.
-                    raise self._cut_off()
-                head, complete = _read_capped(response, self.max_response_bytes)
-            finally:
-                if not complete:
-                    response.close()  # unread data would poison the connection for reuse
-                response.release_conn()
+                return self._over(conn, body, headers, limit)
+            except _Stale:
+                return self._over(self._pool.take_new(), body, headers, limit)
+
+    def _over(
+        self,
+        conn: http.client.HTTPConnection,
+        body: bytes,
+        headers: dict[str, str],
+        limit: deadline.Deadline,
+        reused: bool = False,
+    ) -> tuple[int, str | None, str | None, bytes]:
+        phase = "connecting"
+        try:
+            if conn.sock is None:
+                conn.connect()
+            else:
+                reused = True
+            assert conn.sock is not None
+            conn.sock.settimeout(self.timeout_s)
+            limit.watch(conn.sock)
+            phase = "waiting"
+            conn.request("POST", self._pool.request_path, body=body, headers=headers)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if limit.expired:
+                raise self._cut_off() from None
+            if reused and isinstance(exc, _STALE_ERRORS):
+                raise _Stale from None
+            raise self._transport_error(exc, phase) from None
+        complete = False
+        try:
+            if limit.expired:  # Cut off mid-headers: what was parsed may be truncated.
+                raise self._cut_off()
+            head, complete = _read_capped(response, self.max_response_bytes)
+        finally:
+            if complete and not response.will_close:
+                self._pool.give_back(conn)
+            else:  # unread data would poison the connection for reuse
+                response.close()  # it may own the socket by now (`will_close`)
+                conn.close()
         return (
             response.status,
-            response.headers.get("Location"),
-            response.headers.get("Retry-After"),
+            response.getheader("Location"),
+            response.getheader("Retry-After"),
             head,
         )
 
@@ -133,16 +151,9 @@ class HttpPoster:
             f"POST {self.display}: no complete response within {self.timeout_s:g}s"
         )
 
-    def _transport_error(self, exc: BaseException) -> DeliveryError:
+    def _transport_error(self, exc: BaseException, phase: str) -> DeliveryError:
         where = f"POST {self.display}"
-        # urllib3's NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError.
-        timed_out = isinstance(exc, urllib3.exceptions.TimeoutError)
-        if timed_out and not isinstance(exc, urllib3.exceptions.NewConnectionError):
-            phase = (
-                "connecting"
-                if isinstance(exc, urllib3.exceptions.ConnectTimeoutError)
-                else "waiting"
-            )
+        if isinstance(exc, TimeoutError):
             return DeliveryError(f"{where}: timed out {phase} after {self.timeout_s:g}s")
         return DeliveryError(f"{where}: {root_cause(exc)}")
 
@@ -257,28 +268,19 @@ def checked_headers(
 
 
 def root_cause(exc: BaseException) -> str:
-    """The innermost OS-level reason (e.g. "Connection refused"), else the exception's kind."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    found: OSError | None = None
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and not isinstance(current, urllib3.exceptions.HTTPError):
-            found = current
-        reason = getattr(current, "reason", None)
-        nested = reason if isinstance(reason, BaseException) else None
-        current = current.__cause__ or nested or current.__context__
-    if found is None:
-        return _kind(exc)
-    text = found.strerror if isinstance(found.strerror, str) else ""
-    return text or _kind(found)
-
-
-def _kind(exc: BaseException) -> str:
-    if isinstance(exc, urllib3.exceptions.SSLError):
-        return "TLS handshake failed"
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
+    """The OS-level reason (e.g. "Connection refused"), never the URL; else the kind."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message or 'verification failed'}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or type(exc).__name__}"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror or 'lookup failed'}"
+    if isinstance(exc, (http.client.RemoteDisconnected, http.client.IncompleteRead)):
         return "connection closed without a complete answer"
+    if isinstance(exc, http.client.HTTPException):
+        return f"malformed answer ({type(exc).__name__})"
+    if isinstance(exc, OSError) and isinstance(exc.strerror, str) and exc.strerror:
+        return exc.strerror
     return type(exc).__name__
 
 
@@ -298,66 +300,30 @@ def _scrub_values(url: str, extra: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(values, key=len, reverse=True))
 
 
-def _read_capped(response: Any, limit: int) -> tuple[bytes, bool]:
+def _read_capped(response: http.client.HTTPResponse, limit: int) -> tuple[bytes, bool]:
     """At most `limit` bytes of the body, and whether that was all of it."""
     chunks: list[bytes] = []
     remaining = limit
     try:
         while remaining > 0:
-            chunk = response.read(min(_READ_CHUNK_BYTES, remaining), decode_content=False)
+            chunk = response.read(min(_READ_CHUNK_BYTES, remaining))
             if not chunk:
                 return b"".join(chunks), True
             chunks.append(chunk)
             remaining -= len(chunk)
-        # At the cap: the body may or may not go on; a zero-length read tells.
-        return b"".join(chunks), response.length_remaining == 0
-    except (OSError, urllib3.exceptions.HTTPError):
+        # At the cap: complete only if the body ended exactly there.
+        return b"".join(chunks), response.isclosed()
+    except (OSError, http.client.HTTPException):
         return b"".join(chunks), False  # The status line already decided the outcome.
 
 
-# --- Connections that report their socket to the attempt's deadline ---------------------
+class _Stale(Exception):
+    """A reused connection turned out closed before it carried our request."""
 
 
-class _WatchedHTTPConnection(HTTPConnection):
-    def getresponse(self) -> Any:
-        deadline.watch_current(self.sock)
-        return super().getresponse()
-
-
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def getresponse(self) -> Any:
-        deadline.watch_current(self.sock)
-        return super().getresponse()
-
-
-class _WatchedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-def _bypass(host: str) -> bool:
-    """`NO_PROXY` applies to `host` (the stdlib helper is undocumented, hence the lookup)."""
-    check = getattr(urllib.request, "proxy_bypass_environment", None)
-    return bool(check(host)) if check is not None else False
-
-
-def _manager_for(url: str, pool_size: int) -> urllib3.PoolManager:
-    kwargs: dict[str, Any] = {"num_pools": 2, "maxsize": pool_size, "block": False}
-    try:
-        import certifi
-
-        kwargs["ca_certs"] = certifi.where()  # the same trust store `requests` uses
-    except ImportError:  # pragma: no cover - certifi comes with requests
-        pass
-    scheme = urlsplit(url).scheme
-    host = urlsplit(url).hostname or ""
-    proxy = urllib.request.getproxies_environment().get(scheme)
-    if proxy and not _bypass(host):
-        manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, **kwargs)
-    else:
-        manager = urllib3.PoolManager(**kwargs)
-    manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-    return manager
+_STALE_ERRORS = (
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+    http.client.RemoteDisconnected,
+)

@@ -28,6 +28,7 @@ import argparse
 import base64
 import contextlib
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -334,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from monitor.db.engine import make_engine, upgrade
 
+    quiet = logging.getLogger("monitor")  # failing receivers log a warning per retry
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
     where = "scratch PostgreSQL databases" if args.pg else "SQLite (WAL) in a temporary folder"
     print(f"python {' '.join(sys.argv)}")
     print(f"database: {where}; receiver: its own process, HTTP/1.1, signatures checked")

@@ -1,4 +1,5 @@
-"""`check`: the config is valid (it loaded), the database answers, Twilio accepts us.
+"""`check`: the config is valid (it loaded), each notifier complete, the database answers,
+Twilio accepts us. Notifiers are contacted (a marked test message) only with `--notifiers`.
 
 Each check prints one line; secrets never appear, only where they came from.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from monitor.app import App, build_client, effective_notifiers
-from monitor.config import Settings
+from monitor.config import NotifierSettings, Settings
 from monitor.db.engine import require_current_schema
 
 
@@ -39,9 +40,32 @@ def _config(settings: Settings) -> str:
     return f"{source} valid; polling every {settings.polling.interval_s}s; notifiers: {names}"
 
 
-def run_checks(settings: Settings) -> int:
+def _notifier_checks(
+    settings: Settings, contact: bool
+) -> list[tuple[str, Callable[[Settings], str]]]:
+    """One line per notifier: complete and buildable; with `contact`, a sample sent too."""
+    from monitor.notify.factory import describe
+    from monitor.notify.testsend import send_samples
+
+    def check(spec: NotifierSettings) -> Callable[[Settings], str]:
+        def run(_settings: Settings) -> str:
+            line = f"{spec.name} ({spec.type}) {describe(spec)}"
+            if contact:
+                (sent,) = send_samples([spec])
+                if not sent.ok:
+                    raise RuntimeError(f"{spec.name} ({spec.type}) test message: {sent.detail}")
+                line += f"; test message {sent.detail}"
+            return line
+
+        return run
+
+    return [("notifier", check(spec)) for spec in effective_notifiers(settings)]
+
+
+def run_checks(settings: Settings, *, contact_notifiers: bool = False) -> int:
     checks: list[tuple[str, Callable[[Settings], str]]] = [
         ("config", _config),
+        *_notifier_checks(settings, contact_notifiers),
         ("database", _database),
         ("twilio", _twilio),
     ]

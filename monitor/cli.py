@@ -115,7 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
     p = db.add_parser("upgrade", help="apply Alembic migrations", parents=[common])
     p.set_defaults(handler=cmd_db_upgrade)
-    add("check", cmd_check, "validate config, reach the database, verify Twilio credentials")
+    p = add("check", cmd_check, "validate config, reach the database, verify Twilio credentials")
+    p.add_argument("--notifiers", action="store_true", help="also send each a test message")
+    notify = sub.add_parser("notify", help="notifiers").add_subparsers(metavar="ACTION")
+    p = notify.add_parser(
+        "test",
+        help="send a marked sample conference.ended through each notifier",
+        parents=[common, listing],
+    )
+    p.add_argument("--notifier", action="append", metavar="NAME", help="only this one; repeatable")
+    p.set_defaults(handler=cmd_notify_test)
     p = add("simulate", cmd_simulate, "serve the Twilio conference API simulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
@@ -155,6 +164,12 @@ def _add_deliveries(sub: Any, common: Any, listing: Any) -> None:
     s = actions.add_parser("show", help="body and every attempt", parents=[common, listing])
     s.add_argument("id", type=int, metavar="ID")
     s.set_defaults(handler=cmd_deliveries_show)
+    n = actions.add_parser(
+        "notifiers",
+        help="each notifier's state, pause, circuit and thresholds",
+        parents=[common, listing],
+    )
+    n.set_defaults(handler=cmd_deliveries_notifiers)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -382,18 +397,26 @@ DELIVERY_COLUMNS = (
 
 
 def cmd_deliveries(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
+    from monitor.notify.status import annotate_pending
+
     with opened(settings) as app:
         rows = app.outbox.listing(args.status, args.notifier, args.limit)
-        disabled = app.outbox.disabled_notifiers()
+        states = app.outbox.notifier_states()
     configured = {n.name for n in effective_notifiers(settings)}
-    for row in rows:
-        if row["status"] != "pending":
-            continue
-        if row["notifier"] in disabled:
-            row["last_error"] = f"notifier disabled: {disabled[row['notifier']]}"
-        elif row["notifier"] not in configured:
-            row["last_error"] = "notifier not in the configuration: waiting for it to return"
+    annotate_pending(rows, states, configured, datetime.now(UTC))
     emit(rows, DELIVERY_COLUMNS, as_json=args.json, empty="no deliveries")
+    return EXIT_OK
+
+
+def cmd_deliveries_notifiers(
+    args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]
+) -> int:
+    from monitor.notify.status import NOTIFIER_COLUMNS, notifier_rows
+
+    with opened(settings) as app:
+        states = app.outbox.notifier_states()
+    rows = notifier_rows(settings, states, datetime.now(UTC))
+    emit(rows, NOTIFIER_COLUMNS, as_json=args.json, empty="no notifiers")
     return EXIT_OK
 
 
@@ -459,10 +482,19 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings, _env: Mapping[
     return EXIT_OK
 
 
-def cmd_check(_args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
+def cmd_check(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     from monitor.check import run_checks
 
-    return run_checks(settings)
+    return run_checks(settings, contact_notifiers=args.notifiers)
+
+
+def cmd_notify_test(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
+    from monitor.notify.testsend import run_notify_test
+
+    try:
+        return run_notify_test(settings, args.notifier, as_json=args.json)
+    except LookupError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_simulate(args: argparse.Namespace, _settings: None, environ: Mapping[str, str]) -> int:

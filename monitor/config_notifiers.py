@@ -183,7 +183,7 @@ def _webhook(s: SectionValues, ctx: Context) -> dict[str, Any]:
     template = s.get("template")
     if template is not None:
         for why in templates.problems(template):
-            s.problem("template", why.removeprefix("template").lstrip(": ") or why)
+            s.problem("template", why.removeprefix("template").lstrip(".: ") or why)
     signing = s.get("sign", True)
     secret = _signing_secret(s, ctx) if signing else None
     if not signing and (given := [k for k in _SECRET if k in s.origins]):

@@ -105,3 +105,27 @@ _MAKERS = {
     "pagerduty": _pagerduty,
     "email": _email,
 }
+
+
+def describe(spec: NotifierSettings) -> str:
+    """One line for `check`: where the notifier sends and how, secrets left out."""
+    notifier = make_notifier(spec)  # builds it: a bad setting raises ValueError here
+    try:
+        where = getattr(notifier, "safe_url", None)
+    finally:
+        notifier.close()
+    if spec.type == "log":
+        return "one log line per event"
+    if spec.type == "webhook":
+        signed = "signed" if spec.sign else "UNSIGNED (sign = false)"
+        shape = ", body from template" if spec.template else ""
+        return f"{where}, {signed}{shape}, {spec.concurrency} at a time"
+    if spec.type == "pagerduty":
+        mode = (
+            "started triggers, ended resolves" if spec.trigger_on == "started" else "ended triggers"
+        )
+        return f"{where}, {mode}, severity {spec.severity}, routing key set"
+    if spec.type == "email":
+        login = f"login {spec.username}" if spec.username else "no login"
+        return f"{where} ({spec.tls}), {login}, to {len(spec.mail_to)} recipient(s)"
+    return f"{where}, {spec.concurrency} at a time"

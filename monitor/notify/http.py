@@ -192,7 +192,8 @@ class HttpPoster:
     def detail(self, head: bytes) -> str:
         """A short, printable start of the receiver's answer, credentials scrubbed."""
         text = " ".join(head[: _DETAIL_CHARS * 4].decode("utf-8", "replace").split())
-        text = self.scrubbed(text)
+        # Terminal escapes and other controls from a receiver never reach a log or screen.
+        text = self.scrubbed("".join(c if c.isprintable() else "?" for c in text))
         if len(text) > _DETAIL_CHARS:
             text = text[:_DETAIL_CHARS] + "…"
         return f": {text}" if text else ""
@@ -292,7 +293,10 @@ def _basic_auth(username: str | None, password: str | None) -> dict[str, str]:
 
 
 def _scrub_values(url: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Credentials a receiver might echo; a secret URL (in `extra`) counts its path too."""
     parts = urlsplit(url)
+    if url in extra and parts.path not in ("", "/"):
+        extra = (*extra, parts.path, parts.path.lstrip("/"))
     # A receiver might echo the Basic header our URL credentials turned into.
     basic = _basic_auth(parts.username, parts.password).get("Authorization", "")
     maybe = [parts.password or "", basic.removeprefix("Basic "), parts.query, *extra]

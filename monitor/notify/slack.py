@@ -35,7 +35,7 @@ def render(message: Message) -> bytes:
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(content.title, HEADER_MAX_CHARS)},
+            "text": {"type": "plain_text", "text": _cut(escape(content.title), HEADER_MAX_CHARS)},
         },
         {
             "type": "section",

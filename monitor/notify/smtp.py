@@ -170,7 +170,8 @@ class EmailNotifier:
 
 
 def _one_line(text: str) -> str:
-    return _CONTROL.sub(" ", text).strip()
+    """One printable line: a server's (or a friendly name's) controls never reach a screen."""
+    return "".join(c if c.isprintable() else " " for c in _CONTROL.sub(" ", text)).strip()
 
 
 def _scrub_values(username: str | None, password: str | None) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
 DEFAULT_NOTIFIER_CONCURRENCY = 4
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_COOLDOWN_S = 30.0
+DEFAULT_BREAKER_WINDOW_S = 10.0
 DEFAULT_MAX_RETRY_AFTER_S = 3600.0
 MIN_INTERVAL_S = 0.1
 
@@ -169,6 +170,8 @@ class DispatchSettings:
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
     breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    # ... and only once the failures have gone on this long (a burst is not an outage).
+    breaker_window_s: float = DEFAULT_BREAKER_WINDOW_S
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -319,6 +322,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         breaker_threshold=("int", "breaker_threshold"),
         breaker_cooldown=("duration", "breaker_cooldown_s"),
         max_retry_after=("duration", "max_retry_after_s"),
+        breaker_window=("duration", "breaker_window_s"),
     ),
     "http": _keys(listen=("opt_str", "listen")),
     "logging": _keys(format=("str", "format"), level=("str", "level")),

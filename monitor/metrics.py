@@ -202,6 +202,12 @@ class Metrics:
             ["notifier"],
             registry=r,
         )
+        self._window = Gauge(
+            f"{PREFIX}_notifier_breaker_window_seconds",
+            "How long failures must go on, as well as their number, to open the circuit.",
+            ["notifier"],
+            registry=r,
+        )
         self._concurrency = Gauge(
             f"{PREFIX}_notifier_concurrency",
             "Deliveries in flight at most, per notifier and instance.",
@@ -218,6 +224,7 @@ class Metrics:
         self._paused_until.labels(name).set(health.until.timestamp() if health.until else 0)
         self._threshold.labels(name).set(health.policy.breaker_threshold)
         self._cooldown.labels(name).set(health.policy.breaker_cooldown_s)
+        self._window.labels(name).set(health.policy.breaker_window_s)
         self._concurrency.labels(name).set(health.policy.concurrency)
 
     def _define_config_metrics(self) -> None:

@@ -5,7 +5,7 @@ Each notifier has its own lane: rows claimed with a lease, sent by up to
 follows its own retry schedule, so a failed event never delays another; a claim
 never holds two rows of one conference, so `ended` waits for its `started`. A lane
 is held back only when its receiver asks (429/503 with `Retry-After`) or its circuit
-opens after consecutive failures; both are recorded in `notifier_state`, so every
+opens after consecutive failures lasting a while; both are recorded in `notifier_state`, so every
 instance on the database respects them, and one probe (taken atomically in the
 database) decides when the circuit closes. The consecutive-failure count itself is
 per process. One slow or dead receiver only ever delays its own lane.
@@ -13,7 +13,9 @@ per process. One slow or dead receiver only ever delays its own lane.
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import os
 import socket
 import threading
@@ -29,6 +31,7 @@ from monitor.notify.recorder import DEFAULT_INTERVAL_S, Recorder
 from monitor.notify.retry import (
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_BREAKER_WINDOW_S,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRY_AFTER_S,
     RETRY_DELAYS_S,
@@ -47,6 +50,9 @@ ATTEMPT_MARGIN_S = 2.0
 DEFAULT_ATTEMPT_S = 10.0  # for notifiers without a `timeout_s` (the log notifier)
 _OWNER_MAX_CHARS = 64  # deliveries.lease_owner
 _WAIT_STEP_S = 0.005
+WAKE_HORIZON_S = 300.0  # later retries are left to the dispatch tick
+WAKE_SLACK_S = 0.01  # past the due time, so the row's `next_attempt_at <= now` holds
+WAKE_GRID_S = 0.05
 
 
 def utcnow() -> datetime:
@@ -86,6 +92,7 @@ class Dispatcher:
         breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
         breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
         max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+        breaker_window_s: float = DEFAULT_BREAKER_WINDOW_S,
         policy_for: Callable[[str], DeliveryPolicy] | None = None,
         on_health: Callable[[NotifierHealth], None] | None = None,
         record_interval_s: float = DEFAULT_INTERVAL_S,
@@ -102,7 +109,7 @@ class Dispatcher:
         self.on_health = on_health
         self.attempt_margin_s = attempt_margin_s
         default = DeliveryPolicy(
-            concurrency, breaker_threshold, breaker_cooldown_s, max_retry_after_s
+            concurrency, breaker_threshold, breaker_cooldown_s, max_retry_after_s, breaker_window_s
         )
         self.policy_for = policy_for or (lambda _name: default)
         self._lock = threading.Lock()
@@ -172,6 +179,10 @@ class Dispatcher:
         self._stopping.set()
         with self._lock:
             queued = [q for lane in self._all_lanes() for q in lane.take_queue()]
+            for lane in self._all_lanes():
+                lane.wakes.clear()
+                if lane.alarm is not None:
+                    lane.alarm.cancel()
         self._release(queued)
         return self.wait(timeout_s)
 
@@ -245,6 +256,67 @@ class Dispatcher:
                 extra={"event": "notifier.circuit_probing", "notifier": lane.name},
             )
         return claimed
+
+    def _wake(self, lane: Lane, after_s: float) -> None:
+        """Claim for `lane` again in `after_s` (a retry or a pause ending), not at a tick.
+
+        The dispatch tick would do it too, up to an interval late; within the horizon a
+        timer is cheap and keeps `retry_delays` and `Retry-After` exact.
+        """
+        if after_s > WAKE_HORIZON_S or self._stopping.is_set():
+            return
+        # On a coarse grid, so a burst of retries shares one wake-up (and one claim).
+        due = time.monotonic() + max(after_s, 0.0) + WAKE_SLACK_S
+        at = math.ceil(due / WAKE_GRID_S) * WAKE_GRID_S
+        with self._lock:
+            if at not in lane.wakes:
+                heapq.heappush(lane.wakes, at)
+                self._arm(lane)
+
+    def _arm(self, lane: Lane) -> None:
+        """One timer per lane, for its earliest wake-up (caller holds the lock)."""
+        if not lane.wakes:
+            return
+        at = lane.wakes[0]
+        if lane.alarm is not None and lane.alarm_at <= at:
+            return
+        if lane.alarm is not None:
+            lane.alarm.cancel()
+        lane.alarm = threading.Timer(max(0.0, at - time.monotonic()), self._alarm, args=(lane,))
+        lane.alarm.daemon = True
+        lane.alarm_at = at
+        lane.alarm.start()
+
+    def _alarm(self, lane: Lane) -> None:
+        with self._lock:
+            lane.alarm = None
+            now = time.monotonic()
+            while lane.wakes and lane.wakes[0] <= now + WAKE_GRID_S:
+                heapq.heappop(lane.wakes)
+            self._arm(lane)
+        if self._stopping.is_set() or lane.retired:
+            return
+        try:
+            self.tick_lane(lane.name)
+        except Exception as exc:  # the next tick tries again
+            log.debug("wake-up claim for %s failed: %s", lane.name, _first_line(exc))
+
+    def tick_lane(self, name: str) -> int:
+        """`tick()` for one notifier: when a retry or a pause of it is due."""
+        now = utcnow()
+        with self._lock:
+            lane = self._lanes.get(name)
+        if lane is None:
+            return 0
+        state = self.outbox.notifier_states().get(name)
+        if state is not None and state.disabled_at is not None:
+            return 0
+        if state is not None and state.circuit is not None:
+            return self._probe(lane, state, now)
+        if state is not None and state.holds(now):
+            self._wake(lane, ((state.paused_until or now) - now).total_seconds())
+            return 0
+        return self._fill(lane, now)
 
     def _may_claim(self, lane: Lane) -> bool:
         return not (self._stopping.is_set() or lane.retired or lane.held())
@@ -365,6 +437,8 @@ class Dispatcher:
         self._recorder.add(lane.name, row, outcome)
         self._report(lane.name, row, outcome, error)
         self._judge(lane, error, now)
+        if outcome.next_attempt_at is not None:
+            self._wake(lane, (outcome.next_attempt_at - utcnow()).total_seconds())
 
     def _renew(self, lane: Lane) -> None:
         with self._lock:
@@ -409,6 +483,7 @@ class Dispatcher:
             queued = lane.hold(pause_s, reason)
             probing, lane.probing = lane.probing, False
         self._release(queued)
+        self._wake(lane, pause_s)
         until = now + timedelta(seconds=pause_s)
         if probing:  # the circuit stays open, for as long as the receiver asked
             self.outbox.open_circuit(lane.name, until, reason, lane.consecutive_failures, now)
@@ -427,10 +502,14 @@ class Dispatcher:
         with self._lock:
             lane.consecutive_failures += 1
             failures = lane.consecutive_failures
+            if failures == 1:
+                lane.streak_since = time.monotonic()
+            lasted_s = time.monotonic() - lane.streak_since
             reopen = lane.probing
             trip = reopen or (
                 policy.breaker_threshold > 0
                 and failures >= policy.breaker_threshold
+                and lasted_s >= policy.breaker_window_s
                 and not lane.circuit_open
             )
             if not trip:
@@ -438,6 +517,7 @@ class Dispatcher:
             lane.probing, lane.circuit_open = False, True
             queued = lane.hold(policy.breaker_cooldown_s, "circuit open")
         self._release(queued)
+        self._wake(lane, policy.breaker_cooldown_s)
         until = now + timedelta(seconds=policy.breaker_cooldown_s)
         what = "the probe failed" if reopen else f"{failures} consecutive failures"
         reason = f"circuit open: {what}; last: {error.message}"

@@ -32,6 +32,7 @@ def delivery_policy(settings: Settings, name: str) -> DeliveryPolicy:
         breaker_threshold=d.breaker_threshold,
         breaker_cooldown_s=d.breaker_cooldown_s,
         max_retry_after_s=d.max_retry_after_s,
+        breaker_window_s=d.breaker_window_s,
     )
 
 

@@ -5,6 +5,7 @@ Plain state guarded by the dispatcher's lock; the dispatcher runs the threads.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,9 +36,13 @@ class Lane:
     probing: bool = False  # this instance holds the circuit's one probe
     retired: bool = False  # replaced by a reload: finish what is in flight, take nothing new
     consecutive_failures: int = 0
+    streak_since: float = 0.0  # monotonic: the first failure of the current streak
     held_until: float = 0.0  # monotonic: a pause or an open circuit, seen by this instance
     hold_reason: str = ""
     circuit_open: bool = False
+    alarm: threading.Timer | None = None  # wakes the lane when its next row falls due
+    alarm_at: float = 0.0  # monotonic
+    wakes: list[float] = field(default_factory=list)  # heap of later wake-ups (monotonic)
 
     def held(self) -> bool:
         return time.monotonic() < self.held_until

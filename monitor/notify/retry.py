@@ -3,7 +3,8 @@
 Each row follows its own schedule (`retry_delays`, then dead after `give_up_after`),
 so one event's failures never delay another's. A whole notifier is held back only
 when its receiver asks (429 or 503 with `Retry-After`, honoured exactly up to a cap)
-or when a circuit breaker sees `threshold` consecutive failures in a row.
+or when a circuit breaker sees `threshold` consecutive failures over at least
+`window` seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ DEFAULT_MAX_RETRY_AFTER_S = 3600.0
 DEFAULT_CONCURRENCY = 4
 DEFAULT_BREAKER_THRESHOLD = 5
 DEFAULT_BREAKER_COOLDOWN_S = 30.0
+# A streak must also last this long: a burst of simultaneous first failures (a receiver
+# that hiccups on everything at once) is not a receiver that is down.
+DEFAULT_BREAKER_WINDOW_S = 10.0
 # Statuses with which a receiver speaks for itself as a whole, not for one request.
 PAUSING_STATUSES = frozenset({429, 503})
 
@@ -32,6 +36,7 @@ class DeliveryPolicy:
     breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD  # 0: never open the circuit
     breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
     max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    breaker_window_s: float = DEFAULT_BREAKER_WINDOW_S
 
 
 def next_outcome(

@@ -20,6 +20,7 @@ NOTIFIER_COLUMNS = (
     "consecutive_failures",
     "breaker_threshold",
     "breaker_cooldown_s",
+    "breaker_window_s",
     "concurrency",
     "reason",
 )
@@ -57,6 +58,7 @@ def notifier_rows(
                 "consecutive_failures": status.consecutive_failures if status else 0,
                 "breaker_threshold": d.breaker_threshold,
                 "breaker_cooldown_s": d.breaker_cooldown_s,
+                "breaker_window_s": d.breaker_window_s,
                 "concurrency": spec.concurrency,
                 "reason": why,
             }

@@ -177,6 +177,7 @@ def test_the_circuit_opens_after_consecutive_failures_and_one_probe_closes_it(
         concurrency=1,
         breaker_threshold=3,
         breaker_cooldown_s=0.5,
+        breaker_window_s=0,
         on_health=health.append,
     )
     pump(dispatcher, lambda: outbox.notifier_states().get("hook") is not None, "the circuit")
@@ -218,6 +219,7 @@ def test_a_failed_probe_opens_the_circuit_again(
         concurrency=1,
         breaker_threshold=2,
         breaker_cooldown_s=0.3,
+        breaker_window_s=0,
     )
     pump(dispatcher, lambda: len(hook.requests) == 3, "the first probe")
     state = outbox.notifier_states()["hook"]
@@ -243,3 +245,35 @@ def test_concurrency_is_per_notifier_and_bounded(
     gate.set()
     pump(dispatcher, lambda: len(hook.delivered()) == len(events), "the rest")
     assert Counter(hook.ids()) == Counter({e.id: 1 for e in events})
+
+
+def test_a_burst_of_failures_does_not_open_the_circuit_and_each_event_recovers(
+    lite: Engine, hooks: Callable[..., Hook], dispatchers: Callable[..., Dispatcher]
+) -> None:
+    """Every event fails twice (500, then 429 with Retry-After: 1), all at once: no outage."""
+
+    def answer(request: Request, _index: int) -> Answer:
+        tries = sum(1 for r in hook.requests if r.webhook_id == request.webhook_id)
+        if tries == 1:
+            return Answer(500)
+        if tries == 2:
+            return Answer(429, headers={"Retry-After": "1"})
+        return Answer()
+
+    hook = hooks(answer)
+    outbox = Outbox(lite)
+    events = [make_event(EventType.ENDED, sid(n), ("hook",)) for n in range(10)]
+    Store(lite).write_events(events)
+    health: list[NotifierHealth] = []
+    dispatcher = dispatchers(
+        outbox,
+        {"hook": webhook("hook", hook)},
+        retry_delays_s=(0.2, LONG_S),
+        breaker_threshold=3,  # ten failures in a row, but within a moment: not a dead receiver
+        on_health=health.append,
+    )
+    pump(dispatcher, lambda: len(hook.delivered()) == len(events), "every event")
+    assert Counter(hook.ids()) == Counter({e.id: 3 for e in events})
+    assert statuses(outbox) == {"delivered": len(events)}
+    assert "open" not in {h.state for h in health}
+    assert outbox.notifier_states()["hook"].circuit is None

@@ -19,7 +19,7 @@ from monitor.db.outbox import AttemptOutcome, Claimed, Outbox
 
 log = logging.getLogger("monitor.dispatch")
 
-DEFAULT_INTERVAL_S = 0.02
+DEFAULT_INTERVAL_S = 0.05
 MAX_BATCH = 500
 
 

@@ -13,21 +13,22 @@ per process. One slow or dead receiver only ever delays its own lane.
 
 from __future__ import annotations
 
-import heapq
 import logging
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 
-from monitor.db.outbox import AttemptOutcome, Claimed, NotifierStatus, Outbox
+from monitor.db.outbox import AttemptOutcome, NotifierStatus, Outbox
+from monitor.notify.alarms import Alarms
 from monitor.notify.base import DeliveryError, Message, Notifier
+from monitor.notify.health import NotifierHealth, health_of
 from monitor.notify.lane import Lane, Queued
 from monitor.notify.recorder import DEFAULT_INTERVAL_S, Recorder
+from monitor.notify.reporting import first_line, report_disabled, report_outcome
 from monitor.notify.retry import (
     DEFAULT_BREAKER_COOLDOWN_S,
     DEFAULT_BREAKER_THRESHOLD,
@@ -36,10 +37,9 @@ from monitor.notify.retry import (
     DEFAULT_MAX_RETRY_AFTER_S,
     RETRY_DELAYS_S,
     DeliveryPolicy,
-    counts_against_breaker,
     next_outcome,
-    notifier_pause_s,
 )
+from monitor.notify.verdicts import Verdicts
 
 __all__ = ["RETRY_DELAYS_S", "Dispatcher", "NotifierHealth", "next_outcome", "utcnow"]
 
@@ -50,25 +50,10 @@ ATTEMPT_MARGIN_S = 2.0
 DEFAULT_ATTEMPT_S = 10.0  # for notifiers without a `timeout_s` (the log notifier)
 _OWNER_MAX_CHARS = 64  # deliveries.lease_owner
 _WAIT_STEP_S = 0.005
-WAKE_HORIZON_S = 300.0  # later retries are left to the dispatch tick
-WAKE_SLACK_S = 0.01  # past the due time, so the row's `next_attempt_at <= now` holds
-WAKE_GRID_S = 0.05
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class NotifierHealth:
-    """What /metrics shows of one notifier: its circuit, pause and thresholds."""
-
-    name: str
-    state: str  # ok | paused | open | probing | disabled
-    consecutive_failures: int
-    policy: DeliveryPolicy
-    until: datetime | None = None
-    reason: str | None = None
 
 
 def _owner_id(dispatcher: object) -> str:
@@ -76,7 +61,7 @@ def _owner_id(dispatcher: object) -> str:
     return socket.gethostname()[: _OWNER_MAX_CHARS - len(suffix)] + suffix
 
 
-class Dispatcher:
+class Dispatcher(Verdicts):
     def __init__(
         self,
         outbox: Outbox,
@@ -118,6 +103,7 @@ class Dispatcher:
         self._reported_disabled: set[str] = set()
         self._stopping = threading.Event()
         self._recorder = Recorder(outbox, self.owner, self._after_recorded, record_interval_s)
+        self._alarms = Alarms(self._ring)
         self.set_notifiers(notifiers)
 
     # -- the daemon's interface ---------------------------------------------------------
@@ -179,10 +165,7 @@ class Dispatcher:
         self._stopping.set()
         with self._lock:
             queued = [q for lane in self._all_lanes() for q in lane.take_queue()]
-            for lane in self._all_lanes():
-                lane.wakes.clear()
-                if lane.alarm is not None:
-                    lane.alarm.cancel()
+        self._alarms.stop()
         self._release(queued)
         return self.wait(timeout_s)
 
@@ -207,7 +190,7 @@ class Dispatcher:
         states, now = self.outbox.notifier_states(), utcnow()
         with self._lock:
             lanes = list(self._lanes.values())
-        return [_health(lane, states.get(lane.name), now) for lane in lanes]
+        return [health_of(lane, states.get(lane.name), now) for lane in lanes]
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -258,48 +241,17 @@ class Dispatcher:
         return claimed
 
     def _wake(self, lane: Lane, after_s: float) -> None:
-        """Claim for `lane` again in `after_s` (a retry or a pause ending), not at a tick.
+        """Claim for `lane` again in `after_s` (a retry or a pause ending), not at a tick."""
+        if not self._stopping.is_set():
+            self._alarms.wake(lane.name, after_s)
 
-        The dispatch tick would do it too, up to an interval late; within the horizon a
-        timer is cheap and keeps `retry_delays` and `Retry-After` exact.
-        """
-        if after_s > WAKE_HORIZON_S or self._stopping.is_set():
-            return
-        # On a coarse grid, so a burst of retries shares one wake-up (and one claim).
-        due = time.monotonic() + max(after_s, 0.0) + WAKE_SLACK_S
-        at = math.ceil(due / WAKE_GRID_S) * WAKE_GRID_S
-        with self._lock:
-            if at not in lane.wakes:
-                heapq.heappush(lane.wakes, at)
-                self._arm(lane)
-
-    def _arm(self, lane: Lane) -> None:
-        """One timer per lane, for its earliest wake-up (caller holds the lock)."""
-        if not lane.wakes:
-            return
-        at = lane.wakes[0]
-        if lane.alarm is not None and lane.alarm_at <= at:
-            return
-        if lane.alarm is not None:
-            lane.alarm.cancel()
-        lane.alarm = threading.Timer(max(0.0, at - time.monotonic()), self._alarm, args=(lane,))
-        lane.alarm.daemon = True
-        lane.alarm_at = at
-        lane.alarm.start()
-
-    def _alarm(self, lane: Lane) -> None:
-        with self._lock:
-            lane.alarm = None
-            now = time.monotonic()
-            while lane.wakes and lane.wakes[0] <= now + WAKE_GRID_S:
-                heapq.heappop(lane.wakes)
-            self._arm(lane)
-        if self._stopping.is_set() or lane.retired:
+    def _ring(self, name: str) -> None:
+        if self._stopping.is_set():
             return
         try:
-            self.tick_lane(lane.name)
+            self.tick_lane(name)
         except Exception as exc:  # the next tick tries again
-            log.debug("wake-up claim for %s failed: %s", lane.name, _first_line(exc))
+            log.debug("wake-up claim for %s failed: %s", name, first_line(exc))
 
     def tick_lane(self, name: str) -> int:
         """`tick()` for one notifier: when a retry or a pause of it is due."""
@@ -394,7 +346,7 @@ class Dispatcher:
             try:
                 self._refill(lane)
             except Exception as exc:  # the queued rows still go; the next tick claims again
-                log.warning("claiming more for %s failed: %s", lane.name, _first_line(exc))
+                log.warning("claiming more for %s failed: %s", lane.name, first_line(exc))
         return item
 
     def _refill(self, lane: Lane) -> bool:
@@ -435,7 +387,7 @@ class Dispatcher:
             # The log says when the attempt began; the retry counts from when it ended.
             outcome = replace(outcome, attempted_at=attempted_at)
         self._recorder.add(lane.name, row, outcome)
-        self._report(lane.name, row, outcome, error)
+        report_outcome(lane.name, row, outcome, error, self.on_outcome)
         self._judge(lane, error, now)
         if outcome.next_attempt_at is not None:
             self._wake(lane, (outcome.next_attempt_at - utcnow()).total_seconds())
@@ -449,109 +401,6 @@ class Dispatcher:
         for queued in items:
             queued.lease_end = lease_end
             queued.lost = queued.row.id not in kept
-
-    # -- the notifier's health -----------------------------------------------------------
-
-    def _judge(self, lane: Lane, error: DeliveryError | None, now: datetime) -> None:
-        """What one outcome says about the receiver as a whole."""
-        if error is None or (error.permanent and not error.disable):
-            # An answer, even a refusal: the receiver is there.
-            with self._lock:
-                lane.consecutive_failures = 0
-                probing, lane.probing = lane.probing, False
-                lane.circuit_open = False
-            if probing:
-                self.outbox.close_circuit(lane.name, now)
-                log.info(
-                    "circuit of notifier %s closed: the probe went through",
-                    lane.name,
-                    extra={"event": "notifier.circuit_closed", "notifier": lane.name},
-                )
-            return
-        if error.disable:
-            self._disable(lane, error, now)
-            return
-        pause_s = notifier_pause_s(error, lane.policy.max_retry_after_s)
-        if pause_s is not None:
-            self._pause(lane, pause_s, error, now)
-        elif counts_against_breaker(error):
-            self._count_failure(lane, error, now)
-
-    def _pause(self, lane: Lane, pause_s: float, error: DeliveryError, now: datetime) -> None:
-        reason = f"HTTP {error.status_code} with Retry-After {pause_s:g}s"
-        with self._lock:
-            queued = lane.hold(pause_s, reason)
-            probing, lane.probing = lane.probing, False
-        self._release(queued)
-        self._wake(lane, pause_s)
-        until = now + timedelta(seconds=pause_s)
-        if probing:  # the circuit stays open, for as long as the receiver asked
-            self.outbox.open_circuit(lane.name, until, reason, lane.consecutive_failures, now)
-        else:
-            self.outbox.pause_notifier(lane.name, until, reason, now)
-        log.warning(
-            "notifier %s paused until %s: its receiver answered %s",
-            lane.name,
-            until.isoformat(timespec="seconds"),
-            reason,
-            extra={"event": "notifier.paused", "notifier": lane.name},
-        )
-
-    def _count_failure(self, lane: Lane, error: DeliveryError, now: datetime) -> None:
-        policy = lane.policy
-        with self._lock:
-            lane.consecutive_failures += 1
-            failures = lane.consecutive_failures
-            if failures == 1:
-                lane.streak_since = time.monotonic()
-            lasted_s = time.monotonic() - lane.streak_since
-            reopen = lane.probing
-            trip = reopen or (
-                policy.breaker_threshold > 0
-                and failures >= policy.breaker_threshold
-                and lasted_s >= policy.breaker_window_s
-                and not lane.circuit_open
-            )
-            if not trip:
-                return
-            lane.probing, lane.circuit_open = False, True
-            queued = lane.hold(policy.breaker_cooldown_s, "circuit open")
-        self._release(queued)
-        self._wake(lane, policy.breaker_cooldown_s)
-        until = now + timedelta(seconds=policy.breaker_cooldown_s)
-        what = "the probe failed" if reopen else f"{failures} consecutive failures"
-        reason = f"circuit open: {what}; last: {error.message}"
-        self.outbox.open_circuit(lane.name, until, reason, failures, now)
-        log.error(
-            "notifier %s: %s; circuit open, one probe after %s",
-            lane.name,
-            what,
-            until.isoformat(timespec="seconds"),
-            extra={"event": "notifier.circuit_open", "notifier": lane.name},
-        )
-
-    def _disable(self, lane: Lane, error: DeliveryError, now: datetime) -> None:
-        reason = error.message  # "POST <url>: HTTP 410 Gone: disabling this notifier..."
-        with self._lock:
-            queued = lane.take_queue()
-            self._reported_disabled.add(lane.name)
-        self._release(queued)
-        self.outbox.disable_notifier(lane.name, reason, now)
-        log.error(
-            "notifier %s disabled, its deliveries wait: %s; "
-            "`conference-monitor deliveries retry ID` re-enables it",
-            lane.name,
-            reason,
-            extra={"event": "notifier.disabled", "notifier": lane.name},
-        )
-
-    def _publish(self, lane: Lane, state: NotifierStatus | None, now: datetime) -> None:
-        if self.on_health is not None:
-            self.on_health(_health(lane, state, now))
-        if state is not None and state.circuit is None and lane.circuit_open:
-            with self._lock:  # closed elsewhere (another instance's probe, or an operator)
-                lane.circuit_open, lane.consecutive_failures = False, 0
-                lane.held_until = 0.0
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -585,40 +434,6 @@ class Dispatcher:
         for lane in idle:
             lane.notifier.close()
 
-    def _report(
-        self, name: str, row: Claimed, outcome: AttemptOutcome, error: DeliveryError | None
-    ) -> None:
-        event_id = row.event_id
-        extra = {
-            "event_id": event_id,
-            "notifier": name,
-            "sid": row.conference_sid,
-            "event": f"delivery.{outcome.status}",
-        }
-        if self.on_outcome:
-            counted = "disabled" if error is not None and error.disable else outcome.status
-            self.on_outcome(name, counted, outcome.duration_ms / 1000)
-        if error is None:
-            log.debug("delivered %s to %s", event_id, name, extra=extra)
-        elif outcome.status == "pending":
-            log.warning(
-                "delivery of %s to %s failed (%s); retry at %s",
-                event_id,
-                name,
-                error.message,
-                outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else "?",
-                extra=extra,
-            )
-        else:
-            log.error(
-                "delivery of %s to %s is %s: %s",
-                event_id,
-                name,
-                outcome.status,
-                error.message,
-                extra=extra,
-            )
-
     def _report_disabled(self, states: Mapping[str, NotifierStatus]) -> None:
         """Say once per process that a configured notifier is off (e.g. after a restart)."""
         disabled = {n: s.disabled_reason or "" for n, s in states.items() if s.disabled_at}
@@ -627,32 +442,4 @@ class Dispatcher:
             new = names - self._reported_disabled
             self._reported_disabled = (self._reported_disabled & set(disabled)) | names
         for name in sorted(new):
-            log.warning(
-                "notifier %s is disabled (%s); its deliveries wait. "
-                "`conference-monitor deliveries retry ID` re-enables it",
-                name,
-                disabled[name],
-                extra={"event": "notifier.disabled", "notifier": name},
-            )
-
-
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-
-
-def _health(lane: Lane, state: NotifierStatus | None, now: datetime) -> NotifierHealth:
-    failures, policy = lane.consecutive_failures, lane.policy
-    if state is None:
-        return NotifierHealth(lane.name, "ok", failures, policy)
-    if state.disabled_at is not None:
-        return NotifierHealth(lane.name, "disabled", failures, policy, None, state.disabled_reason)
-    if state.circuit is not None:
-        circuit = "probing" if state.circuit == "probing" else "open"
-        return NotifierHealth(
-            lane.name, circuit, failures, policy, state.paused_until, state.pause_reason
-        )
-    if state.paused_until is not None and state.paused_until > now:
-        return NotifierHealth(
-            lane.name, "paused", failures, policy, state.paused_until, state.pause_reason
-        )
-    return NotifierHealth(lane.name, "ok", failures, policy)
+            report_disabled(name, disabled[name], just_now=False)

@@ -5,7 +5,6 @@ Plain state guarded by the dispatcher's lock; the dispatcher runs the threads.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -40,9 +39,6 @@ class Lane:
     held_until: float = 0.0  # monotonic: a pause or an open circuit, seen by this instance
     hold_reason: str = ""
     circuit_open: bool = False
-    alarm: threading.Timer | None = None  # wakes the lane when its next row falls due
-    alarm_at: float = 0.0  # monotonic
-    wakes: list[float] = field(default_factory=list)  # heap of later wake-ups (monotonic)
 
     def held(self) -> bool:
         return time.monotonic() < self.held_until

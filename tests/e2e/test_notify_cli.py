@@ -13,8 +13,11 @@ from sqlalchemy import update
 
 from monitor.db.engine import make_engine
 from monitor.db.outbox import N, Outbox
+from monitor.db.store import Store
+from monitor.domain import EventType
 from monitor.simulator.server import SimulatorServer
 from tests.e2e.harness import SECRET, cli, json_lines, receiver, write_config
+from tests.integration.test_dispatcher import make_event
 
 
 @pytest.fixture
@@ -111,8 +114,13 @@ def test_deliveries_shows_each_notifiers_state_and_thresholds(
         )
         with engine.begin() as conn:
             conn.execute(update(N).where(N.c.name == "hook").values(consecutive_failures=2))
+        Store(engine).write_events([make_event(EventType.ENDED, "CF" + "9" * 32, ("hook",))])
     finally:
         engine.dispose()
+    [pending] = json_lines(cli("deliveries", "--json", config=config).stdout)
+    assert pending["status"] == "pending"
+    assert pending["last_error"].startswith("notifier paused until ")
+    assert pending["last_error"].endswith(": HTTP 429 with Retry-After 300s")
     result = cli("deliveries", "notifiers", "--json", config=config)
     assert result.returncode == 0, result.stderr
     rows = {r["notifier"]: r for r in json_lines(result.stdout)}

@@ -17,9 +17,8 @@ from monitor.events import NewEvent
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.notify.dispatcher import Dispatcher
+from monitor.notify.factory import delivery_policy, make_notifier
 from monitor.notify.filters import recipients
-from monitor.notify.log import LogNotifier
-from monitor.notify.webhook import WebhookNotifier
 from monitor.outcomes import PollPolicy, Recipients
 from monitor.ratelimit import RateLimiter
 from monitor.service import Poller
@@ -49,16 +48,8 @@ def recipients_for(settings: Settings) -> Recipients:
 
 
 def build_notifier(spec: NotifierSettings) -> Notifier:
-    if spec.type == "webhook":
-        assert spec.url and spec.secret, "config validation guarantees url and secret"
-        return WebhookNotifier(
-            spec.name,
-            spec.url,
-            spec.secret.reveal(),
-            headers=dict(spec.headers),
-            timeout_s=spec.timeout_s,
-        )
-    return LogNotifier(spec.name)
+    """The notifier a validated `[[notifiers]]` table describes (secrets revealed here only)."""
+    return make_notifier(spec)
 
 
 def build_notifiers(settings: Settings) -> dict[str, Notifier]:
@@ -148,7 +139,10 @@ class App:
                 batch_size=d.batch_size,
                 give_up_after_s=d.give_up_after_s,
                 retry_delays_s=d.retry_delays_s,
-                on_outcome=lambda n, outcome, _s: self.metrics.count_delivery(n, outcome),
+                on_outcome=self.metrics.count_delivery,
+                # Read at every tick, so a reload's new thresholds apply at once.
+                policy_for=lambda name: delivery_policy(self.settings, name),
+                on_health=self.metrics.set_notifier_health,
             )
         return self.dispatcher
 

@@ -1,4 +1,5 @@
-"""`check`: the config is valid (it loaded), the database answers, Twilio accepts us.
+"""`check`: the config is valid (it loaded), each notifier complete, the database answers,
+Twilio accepts us. Notifiers are contacted (a marked test message) only with `--notifiers`.
 
 Each check gives one result; secrets never appear, only where they came from.
 `offline` skips the call to Twilio (and so needs no credentials).
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from monitor.app import App, build_client, effective_notifiers
-from monitor.config import Settings
+from monitor.config import NotifierSettings, Settings
 from monitor.db.engine import require_current_schema
 
 
@@ -52,9 +53,34 @@ def _config(settings: Settings) -> str:
     return f"{source} valid; polling every {settings.polling.interval_s:g}s; notifiers: {names}"
 
 
-def run_checks(settings: Settings, *, offline: bool = False) -> list[CheckResult]:
+def _notifier_checks(
+    settings: Settings, contact: bool
+) -> list[tuple[str, Callable[[Settings], str]]]:
+    """One line per notifier: complete and buildable; with `contact`, a sample sent too."""
+    from monitor.notify.factory import describe
+    from monitor.notify.testsend import send_samples
+
+    def check(spec: NotifierSettings) -> Callable[[Settings], str]:
+        def run(_settings: Settings) -> str:
+            line = f"{spec.name} ({spec.type}) {describe(spec)}"
+            if contact:
+                (sent,) = send_samples([spec])
+                if not sent.ok:
+                    raise RuntimeError(f"{spec.name} ({spec.type}) test message: {sent.detail}")
+                line += f"; test message {sent.detail}"
+            return line
+
+        return run
+
+    return [("notifier", check(spec)) for spec in effective_notifiers(settings)]
+
+
+def run_checks(
+    settings: Settings, *, offline: bool = False, contact_notifiers: bool = False
+) -> list[CheckResult]:
     checks: list[tuple[str, Callable[[Settings], str]]] = [
         ("config", _config),
+        *_notifier_checks(settings, contact_notifiers),
         ("database", _database),
         ("twilio", _twilio),
     ]

@@ -8,8 +8,6 @@ message ever quotes a secret. The types and rules live in `config_schema`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import os
 import re
@@ -19,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.config_notifiers import notifier_settings
 from monitor.config_schema import (
-    DEFAULT_WEBHOOK_TIMEOUT_S,
-    NOTIFIER_KEYS,
     SECTIONS,
     ConfigError,
     DatabaseSettings,
     DispatchSettings,
-    FrozenMapping,
     HttpSettings,
     LoggingSettings,
     NotifierSettings,
@@ -44,9 +40,7 @@ from monitor.config_schema import (
     check_logging,
     check_polling,
     check_twilio,
-    url_problem,
 )
-from monitor.domain import END_REASONS, EVENT_TYPES
 
 __all__ = [
     "ConfigError",
@@ -75,11 +69,6 @@ CREDENTIAL_NAMES = {
     "TWILIO_API_SECRET": "api_secret",
 }
 HOST_NAMES = {"TWILIO_EDGE": "edge", "TWILIO_REGION": "region"}
-_SECRET_KEYS = ("secret", "secret_env", "secret_credential")
-_WEBHOOK_ONLY = ("url", *_SECRET_KEYS, "headers", "timeout")
-_HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Set by the signer; a configured value would break verification.
-_SIGNING_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
 _Layers = dict[str, dict[str, RawValue]]
 _Table = tuple[str | int, ...]
 
@@ -345,194 +334,6 @@ def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | No
         dispatch=DispatchSettings(**attrs["dispatch"]),
         http=HttpSettings(**attrs["http"]),
         logging=LoggingSettings(**attrs["logging"]),
-        notifiers=_notifiers(notifiers, ctx),
+        notifiers=notifier_settings(notifiers, ctx),
         source=source,
-    )
-
-
-def _notifiers(tables: list[dict[str, Any]], ctx: _Context) -> tuple[NotifierSettings, ...]:
-    built: list[NotifierSettings] = []
-    first_index: dict[str, int] = {}
-    for i, table in enumerate(tables):
-        s = _load_notifier(i, table, ctx)
-        _check_notifier(s)
-        secret = _webhook_secret(s, ctx) if s.get("type") == "webhook" else None
-        name = s.get("name")
-        if isinstance(name, str) and name in first_index:
-            s.problem("name", f"duplicate name {name!r} (also notifiers[{first_index[name]}])")
-        elif isinstance(name, str):
-            first_index[name] = i
-        if not s.failed:
-            built.append(_notifier_settings(s, secret))
-    return tuple(built)
-
-
-def _load_notifier(i: int, table: dict[str, Any], ctx: _Context) -> SectionValues:
-    s = SectionValues(f"notifiers[{i}]", ctx.problems, ctx.origin(("notifiers", i)))
-    raws: dict[str, RawValue] = {}
-    for key, value in table.items():
-        origin = ctx.origin(("notifiers", i), key)
-        if key in NOTIFIER_KEYS:
-            raws[key] = RawValue(value, origin)
-        else:
-            s.origins[key] = origin
-            s.problem(key, f"unknown key{_suggest(key, NOTIFIER_KEYS)}")
-    return s.load(NOTIFIER_KEYS, raws)
-
-
-def _check_notifier(s: SectionValues) -> None:
-    """Name, type and filters; a webhook's url and headers. Its secret is the loader's job."""
-    if "name" not in s.origins:
-        s.problem("name", "missing: every notifier needs a unique name")
-    elif s.get("name") == "":
-        s.problem("name", "must not be empty")
-    kind = s.get("type")
-    if "type" not in s.origins:
-        s.problem("type", "missing: 'log' or 'webhook'")
-    elif kind is not None and kind not in ("log", "webhook"):
-        s.problem("type", f"must be 'log' or 'webhook' (got {kind!r})")
-    _check_filters(s)
-    if kind == "webhook":
-        _check_webhook(s)
-    elif kind == "log":
-        for key in _WEBHOOK_ONLY:
-            if key in s.origins:
-                s.problem(key, "only applies to webhook notifiers")
-
-
-def _check_filters(s: SectionValues) -> None:
-    for key, valid, what in (
-        ("events", EVENT_TYPES, "event type"),
-        ("reasons", END_REASONS, "end reason"),
-    ):
-        chosen = s.get(key)
-        if chosen is None:
-            continue
-        unknown = [repr(v) for v in chosen if v not in valid]
-        if unknown:
-            s.problem(key, f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
-        elif not chosen:
-            s.problem(key, "is empty, so nothing would match; leave it out to match the default")
-    if "" in s.get("friendly_names", ()):
-        s.problem("friendly_names", "patterns must not be empty")
-
-
-def _check_webhook(s: SectionValues) -> None:
-    if "url" not in s.origins:
-        s.problem("url", "missing: a webhook notifier needs a url")
-    elif s.get("url") is not None and (why := url_problem(s.get("url"), bare=False)):
-        s.problem("url", why)
-    for name, value in s.get("headers", {}).items():
-        if not _HEADER_NAME_RE.fullmatch(name):
-            s.problem("headers", f"{name!r} is not a valid header name")
-        elif name.lower() in _SIGNING_HEADERS:
-            s.problem("headers", f"{name!r} is set by the signature and cannot be overridden")
-        elif "\r" in value or "\n" in value:
-            s.problem("headers", f"the value of {name!r} contains a line break")
-    if s.get("timeout") == 0:
-        s.problem("timeout", "must be more than 0")
-
-
-def _whsec_problem(value: str) -> str | None:
-    """Standard Webhooks secrets are `whsec_` + base64 of the HMAC key."""
-    if not value.startswith("whsec_"):
-        return "the signing secret must start with 'whsec_' (Standard Webhooks)"
-    try:
-        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        return "the signing secret is not valid base64 after 'whsec_'"
-    return None if key else "the signing secret is empty after 'whsec_'"
-
-
-def _webhook_secret(s: SectionValues, ctx: _Context) -> Secret | None:
-    """The signing secret from exactly one of secret, secret_env, secret_credential."""
-    given = [k for k in _SECRET_KEYS if k in s.origins]
-    if len(given) > 1:
-        s.problem(
-            given[1], f"give only one of {', '.join(_SECRET_KEYS)} (found {', '.join(given)})"
-        )
-        return None
-    if not given:
-        s.problem(
-            "secret",
-            "missing: unsigned webhooks cannot be trusted; set secret, "
-            "secret_env or secret_credential to a whsec_ signing secret",
-        )
-        return None
-    if given[0] not in s.values:
-        return None  # mistyped, already reported
-    value = _secret_text(s, given[0], ctx.environ)
-    if value is not None and (why := _whsec_problem(value)):
-        s.problem(given[0], why)
-        return None
-    return None if value is None else Secret(value)
-
-
-def _secret_text(s: SectionValues, key: str, environ: Mapping[str, str]) -> str | None:
-    source = s.values[key]
-    if key == "secret":
-        if source is None:
-            s.problem(key, "must not be empty")
-        return None if source is None else str(source.reveal())
-    if _looks_like_a_secret(source):
-        s.problem(
-            key,
-            "names where the secret is kept; the value given looks like a secret itself "
-            "(not shown): use `secret = ...` for an inline value",
-        )
-        return None
-    if key == "secret_env":
-        if not environ.get(source):
-            s.problem(key, f"environment variable {source!r} is not set", secret=True)
-        return environ.get(source) or None
-    return _read_credential(s, source, environ)
-
-
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.@-]{0,127}$")
-
-
-def _looks_like_a_secret(name: str) -> bool:
-    """A variable or credential name never starts with whsec_ nor holds odd characters;
-    refusing to echo such a value keeps a secret pasted into the wrong key out of logs."""
-    return name.startswith("whsec_") or not _NAME_RE.match(name or "_")
-
-
-def _read_credential(s: SectionValues, name: str, environ: Mapping[str, str]) -> str | None:
-    folder = environ.get("CREDENTIALS_DIRECTORY")
-    if not name or "/" in name or name in (".", ".."):
-        s.problem("secret_credential", "must be a plain file name in $CREDENTIALS_DIRECTORY")
-    elif not folder:
-        s.problem(
-            "secret_credential",
-            f"credential {name!r} needs $CREDENTIALS_DIRECTORY, "
-            "which is not set (systemd LoadCredential=)",
-            secret=True,
-        )
-    elif not (path := Path(folder) / name).is_file():
-        s.problem("secret_credential", f"credential file {str(path)!r} does not exist", secret=True)
-    else:
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            s.problem(
-                "secret_credential", f"cannot read credential file {str(path)!r}", secret=True
-            )
-    return None
-
-
-def _notifier_settings(s: SectionValues, secret: Secret | None) -> NotifierSettings:
-    def given(key: str, default: Any) -> Any:
-        return s.get(key) if s.given(key) else default
-
-    return NotifierSettings(
-        name=s.get("name"),
-        type=s.get("type"),
-        events=frozenset(s.get("events")) if s.given("events") else None,
-        reasons=frozenset(s.get("reasons")) if s.given("reasons") else None,
-        friendly_names=given("friendly_names", ()),
-        include_first_seen=given("include_first_seen", False),
-        url=s.get("url"),
-        secret=secret,
-        headers=given("headers", FrozenMapping()),
-        timeout_s=given("timeout", DEFAULT_WEBHOOK_TIMEOUT_S),
     )

@@ -37,6 +37,11 @@ DEFAULT_DISPATCH_LEASE_S = 60.0
 DEFAULT_GIVE_UP_AFTER_S = 25 * 3600.0  # past a day, so a receiver down overnight misses nothing
 DEFAULT_DISPATCH_BATCH_SIZE = 100
 DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+DEFAULT_NOTIFIER_CONCURRENCY = 4
+DEFAULT_BREAKER_THRESHOLD = 5
+DEFAULT_BREAKER_COOLDOWN_S = 30.0
+DEFAULT_BREAKER_WINDOW_S = 10.0
+DEFAULT_MAX_RETRY_AFTER_S = 3600.0
 MIN_INTERVAL_S = 0.1
 
 _EDGE_RE = re.compile(r"[a-z0-9-]+")
@@ -163,6 +168,13 @@ class DispatchSettings:
     batch_size: int = DEFAULT_DISPATCH_BATCH_SIZE
     # Waits between delivery attempts; the last repeats until give_up_after.
     retry_delays_s: tuple[float, ...] = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0)
+    # Consecutive failed attempts that open a notifier's circuit (0: never), how long it
+    # stays open before one probe, and the longest Retry-After pause honoured.
+    breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD
+    breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S
+    max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S
+    # ... and only once the failures have gone on this long (a burst is not an outage).
+    breaker_window_s: float = DEFAULT_BREAKER_WINDOW_S
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -206,16 +218,32 @@ class LoggingSettings:
 @dataclass(frozen=True)
 class NotifierSettings:
     name: str
-    type: str  # "log" | "webhook"
+    type: str  # log | webhook | slack | msteams | pagerduty | email
     events: frozenset[str] | None = None  # None = the default notifiable set
     reasons: frozenset[str] | None = None  # end reasons; None = all
     friendly_names: tuple[str, ...] = ()  # fnmatch glob patterns; empty = all
     include_first_seen: bool = False
-    url: str | None = None
-    secret: Secret | None = None
+    url: str | None = None  # a URL that may be shown (webhook, pagerduty override)
+    secret: Secret | None = None  # the webhook's whsec_ signing secret
     # Header values are often bearer tokens: kept out of repr.
     headers: Mapping[str, str] = field(default_factory=FrozenMapping, repr=False)
     timeout_s: float = DEFAULT_WEBHOOK_TIMEOUT_S
+    concurrency: int = DEFAULT_NOTIFIER_CONCURRENCY
+    secret_url: Secret | None = None  # a URL that is itself the credential (Slack, Teams)
+    sign: bool = True
+    template: str | None = None  # webhook body template, as canonical JSON text
+    routing_key: Secret | None = None  # PagerDuty
+    severity: str = "error"
+    trigger_on: str = "started"  # started: started triggers, ended resolves | ended
+    source: str | None = None
+    smtp_host: str | None = None  # email
+    smtp_port: int | None = None
+    tls: str = "starttls"  # starttls | implicit | none
+    username: str | None = None
+    password: Secret | None = None
+    mail_from: str | None = None
+    mail_to: tuple[str, ...] = ()
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,7 +267,17 @@ class ConfigError(Exception):
 
 
 Kind = Literal[
-    "str", "opt_str", "secret", "duration", "durations", "int", "float", "bool", "list", "table"
+    "str",
+    "opt_str",
+    "secret",
+    "duration",
+    "durations",
+    "int",
+    "float",
+    "bool",
+    "list",
+    "table",
+    "data",
 ]
 
 
@@ -285,6 +323,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
         give_up_after=("duration", "give_up_after_s"),
         batch_size=("int", "batch_size"),
         retry_delays=("durations", "retry_delays_s"),
+        breaker_threshold=("int", "breaker_threshold"),
+        breaker_cooldown=("duration", "breaker_cooldown_s"),
+        max_retry_after=("duration", "max_retry_after_s"),
+        breaker_window=("duration", "breaker_window_s"),
     ),
     "http": _keys(listen=("opt_str", "listen")),
     "logging": _keys(format=("str", "format"), level=("str", "level")),
@@ -297,13 +339,34 @@ NOTIFIER_KEYS: dict[str, Key] = _keys(
     reasons=("list", "reasons"),
     friendly_names=("list", "friendly_names"),
     include_first_seen=("bool", "include_first_seen"),
+    concurrency=("int", "concurrency"),
     url=("str", "url"),
+    url_env=("str", "url_env"),
+    url_credential=("str", "url_credential"),
     secret=("secret", "secret"),
     secret_env=("str", "secret_env"),
     secret_credential=("str", "secret_credential"),
     headers=("table", "headers"),
     timeout=("duration", "timeout_s"),
+    sign=("bool", "sign"),
+    template=("data", "template"),
+    routing_key=("secret", "routing_key"),
+    routing_key_env=("str", "routing_key_env"),
+    routing_key_credential=("str", "routing_key_credential"),
+    severity=("str", "severity"),
+    trigger_on=("str", "trigger_on"),
+    source=("str", "source"),
+    smtp_host=("str", "smtp_host"),
+    smtp_port=("int", "smtp_port"),
+    tls=("str", "tls"),
+    username=("str", "username"),
+    password=("secret", "password"),
+    password_env=("str", "password_env"),
+    password_credential=("str", "password_credential"),
+    to=("list", "mail_to"),
+    ca_file=("str", "ca_file"),
 )
+NOTIFIER_KEYS["from"] = Key("str", "mail_from")  # a Python keyword, a fine TOML key
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -333,6 +396,10 @@ def coerce(kind: Kind, value: Any, *, textual: bool) -> Any:
         return parse_duration(value)
     if kind in ("list", "table"):
         return _strings(kind, value)
+    if kind == "data":
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table, got {toml_type(value)}")
+        return value
     if kind == "durations":
         if not isinstance(value, list) or not value:
             raise ValueError(f"expected a non-empty array of durations, got {toml_type(value)}")
@@ -572,10 +639,11 @@ def check_polling(s: SectionValues) -> None:
 
 def check_dispatch(s: SectionValues) -> None:
     _check_interval(s, DispatchSettings().interval_s)
-    for key in ("lease", "give_up_after"):
+    for key in ("lease", "give_up_after", "breaker_cooldown", "max_retry_after"):
         if s.get(key) == 0:
             s.problem(key, "must be more than 0")
     _check_at_least(s, "batch_size", 1, "must be at least 1")
+    _check_at_least(s, "breaker_threshold", 0, "must be 0 (never open) or more")
 
 
 def check_http(s: SectionValues) -> None:

@@ -10,6 +10,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,10 +39,27 @@ POLL_OUTCOMES = (
     "error",
 )
 DELIVERY_OUTCOMES = ("delivered", "retry", "failed", "dead", "disabled")
+NOTIFIER_STATES = ("ok", "paused", "open", "probing", "disabled")
 # The outbox calls a row that will be tried again "pending"; the metric says "retry".
 _DELIVERY_ALIASES = {"pending": "retry"}
 # A Twilio fetch takes tens of milliseconds; the client timeout caps it near 10 s.
 POLL_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DELIVERY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class NotifierHealthLike(Protocol):
+    """What the dispatcher reports of a notifier (`monitor.notify.dispatcher.NotifierHealth`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def until(self) -> datetime | None: ...
+    @property
+    def policy(self) -> Any: ...
 
 
 class _ProcessCollector(ProcessCollector):
@@ -85,6 +104,7 @@ class Metrics:
         self._known_watch_statuses: set[str] = set()
         self._define_poll_metrics()
         self._define_flow_metrics()
+        self._define_notifier_metrics()
         self._define_config_metrics()
         self._define_observation_metrics()
         if process_metrics:  # the stock collectors live on the global registry; own copies
@@ -142,6 +162,71 @@ class Metrics:
         self._snapshots = Counter(
             f"{PREFIX}_snapshots_written", "Conference snapshot rows written.", registry=r
         )
+
+    def _define_notifier_metrics(self) -> None:
+        r = self.registry
+        self._delivery_duration = Histogram(
+            f"{PREFIX}_delivery_duration_seconds",
+            "Time taken by one delivery attempt, any outcome.",
+            ["notifier"],
+            buckets=DELIVERY_BUCKETS_S,
+            registry=r,
+        )
+        self._notifier_state = Gauge(
+            f"{PREFIX}_notifier_state",
+            "1 for the state each notifier is in: ok, paused (Retry-After), open "
+            "(circuit breaker), probing (one request decides) or disabled (410).",
+            ["notifier", "state"],
+            registry=r,
+        )
+        self._failures = Gauge(
+            f"{PREFIX}_notifier_consecutive_failures",
+            "Failed attempts in a row, as counted by this instance.",
+            ["notifier"],
+            registry=r,
+        )
+        self._paused_until = Gauge(
+            f"{PREFIX}_notifier_paused_until_timestamp_seconds",
+            "Unix time until which the notifier is held back; 0 when it is not.",
+            ["notifier"],
+            registry=r,
+        )
+        self._threshold = Gauge(
+            f"{PREFIX}_notifier_breaker_threshold",
+            "Consecutive failures that open the notifier's circuit (0: never).",
+            ["notifier"],
+            registry=r,
+        )
+        self._cooldown = Gauge(
+            f"{PREFIX}_notifier_breaker_cooldown_seconds",
+            "How long an open circuit waits before its one probe.",
+            ["notifier"],
+            registry=r,
+        )
+        self._window = Gauge(
+            f"{PREFIX}_notifier_breaker_window_seconds",
+            "How long failures must go on, as well as their number, to open the circuit.",
+            ["notifier"],
+            registry=r,
+        )
+        self._concurrency = Gauge(
+            f"{PREFIX}_notifier_concurrency",
+            "Deliveries in flight at most, per notifier and instance.",
+            ["notifier"],
+            registry=r,
+        )
+
+    def set_notifier_health(self, health: NotifierHealthLike) -> None:
+        """A notifier's state and thresholds, as the dispatcher saw them at its last tick."""
+        name = health.name
+        for state in NOTIFIER_STATES:
+            self._notifier_state.labels(name, state).set(1 if health.state == state else 0)
+        self._failures.labels(name).set(health.consecutive_failures)
+        self._paused_until.labels(name).set(health.until.timestamp() if health.until else 0)
+        self._threshold.labels(name).set(health.policy.breaker_threshold)
+        self._cooldown.labels(name).set(health.policy.breaker_cooldown_s)
+        self._window.labels(name).set(health.policy.breaker_window_s)
+        self._concurrency.labels(name).set(health.policy.concurrency)
 
     def _define_config_metrics(self) -> None:
         r = self.registry
@@ -233,11 +318,13 @@ class Metrics:
     def count_transition(self, type: str) -> None:
         self._transitions.labels(type).inc()
 
-    def count_delivery(self, notifier: str, outcome: str) -> None:
+    def count_delivery(self, notifier: str, outcome: str, seconds: float | None = None) -> None:
         """Count one attempt; the outbox's own "pending" is accepted as "retry"."""
         outcome = _DELIVERY_ALIASES.get(outcome, outcome)
         if _known(outcome, DELIVERY_OUTCOMES, "delivery_outcome"):
             self._deliveries.labels(notifier, outcome).inc()
+        if seconds is not None:
+            self._delivery_duration.labels(notifier).observe(max(seconds, 0.0))
 
     def set_watches(self, counts: Mapping[str, int]) -> None:
         """Replace the per-status watch counts; a status no longer present drops to 0."""

@@ -38,7 +38,7 @@ def cmd_db_upgrade(_args: argparse.Namespace, settings: Settings, _env: Mapping[
 def cmd_check(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
     from monitor.check import run_checks
 
-    results = run_checks(settings, offline=args.offline)
+    results = run_checks(settings, offline=args.offline, contact_notifiers=args.notifiers)
     for r in results:
         if args.json:
             print(json_line({"check": r.name, "status": r.status, "detail": r.detail}))
@@ -49,7 +49,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings, _env: Mapping[str, s
 
 
 def _check_needs(args: argparse.Namespace) -> SettingsNeed:
-    return "lenient" if args.offline else "full"
+    return "lenient" if args.offline and not args.notifiers else "full"
 
 
 def cmd_simulate(args: argparse.Namespace, _settings: None, _env: Mapping[str, str]) -> int:
@@ -79,6 +79,12 @@ def _check_arguments(parser: argparse.ArgumentParser) -> None:
         "--offline",
         action="store_true",
         help="skip the call to Twilio, so no credentials are needed",
+    )
+    parser.add_argument(
+        "--notifiers",
+        action="store_true",
+        help="also send each notifier a clearly marked test message (default: only check "
+        "that each one's configuration is complete)",
     )
     add_json(parser, "one JSON object per check: check, status (ok, fail, skipped), detail")
 

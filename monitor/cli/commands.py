@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from monitor.cli import admin, conferences, deliveries, systemd_files, watch
+from monitor.cli import admin, conferences, deliveries, notify, systemd_files, watch
 from monitor.cli.base import Command
 from monitor.cli.parser import build_parser
 
@@ -18,6 +18,7 @@ COMMANDS: tuple[Command, ...] = (
     *watch.COMMANDS,
     *conferences.COMMANDS,
     *deliveries.COMMANDS,
+    *notify.COMMANDS,
     *admin.COMMANDS[1:],  # db upgrade, check, simulate, demo, completion
     *systemd_files.COMMANDS,
 )
@@ -32,6 +33,7 @@ GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
         ),
     ),
     "db": ("the database schema", ("conference-monitor db upgrade",)),
+    "notify": ("try the notifiers", ("conference-monitor notify test",)),
     "systemd": (
         "the systemd unit and example files shipped with this package",
         ("sudo conference-monitor systemd install", "conference-monitor systemd unit"),

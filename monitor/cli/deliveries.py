@@ -24,6 +24,7 @@ from monitor.cli.base import (
 from monitor.config import Settings
 from monitor.db import queries
 from monitor.db.outbox import STATUSES
+from monitor.notify.status import NOTIFIER_COLUMNS, annotate_pending, notifier_rows
 from monitor.output import Column, cell, emit, escape, json_line, truncation_note
 
 DELIVERY_COLUMNS = (
@@ -42,17 +43,11 @@ DELIVERY_COLUMNS = (
 )
 
 
-def delivery_row(
-    row: Mapping[str, Any], disabled: Mapping[str, str], configured: set[str]
-) -> dict[str, Any]:
-    """Only a pending row has a next attempt; say why one may not be moving."""
+def delivery_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Only a pending row has a next attempt."""
     shown = {k: v for k, v in row.items() if k not in ("lease_owner", "lease_until")}
     if shown["status"] != "pending":
         shown["next_attempt_at"] = None
-    elif shown["notifier"] in disabled:
-        shown["last_error"] = f"notifier disabled: {disabled[shown['notifier']]}"
-    elif shown["notifier"] not in configured:
-        shown["last_error"] = "notifier not in the configuration: waiting for it to return"
     return shown
 
 
@@ -64,12 +59,23 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, env: Mapping[st
             if len(rows) >= args.limit
             else 0
         )
-        disabled = app.outbox.disabled_notifiers()
+        states = app.outbox.notifier_states()
     configured = {n.name for n in effective_notifiers(settings)}
-    shown = [delivery_row(r, disabled, configured) for r in rows]
+    shown = [delivery_row(r) for r in rows]
+    annotate_pending(shown, states, configured, datetime.now(UTC))  # why one is not moving
     view = view_of(args, env)
     emit(shown, DELIVERY_COLUMNS, as_json=args.json, empty="no deliveries", view=view)
     truncation_note(len(rows), total, "deliveries")
+    return EXIT_OK
+
+
+def cmd_deliveries_notifiers(
+    args: argparse.Namespace, settings: Settings, env: Mapping[str, str]
+) -> int:
+    with opened(settings) as app:
+        states = app.outbox.notifier_states()
+    rows = notifier_rows(settings, states, datetime.now(UTC))
+    emit(rows, NOTIFIER_COLUMNS, as_json=args.json, empty="no notifiers", view=view_of(args, env))
     return EXIT_OK
 
 
@@ -177,6 +183,16 @@ COMMANDS = (
         "one delivery: the exact body sent and every attempt",
         ("conference-monitor deliveries show 42", "conference-monitor deliveries show 42 --json"),
         _show_arguments,
+    ),
+    Command(
+        "deliveries notifiers",
+        cmd_deliveries_notifiers,
+        "each notifier's state (ok, paused, open, probing, disabled) and thresholds",
+        (
+            "conference-monitor deliveries notifiers",
+            "conference-monitor deliveries notifiers --json",
+        ),
+        add_table_options,
     ),
     Command(
         "deliveries retry",

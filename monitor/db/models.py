@@ -206,7 +206,12 @@ class DeliveryAttempt(Base):
 
 
 class NotifierState(Base):
-    """A notifier turned off by its receiver (HTTP 410) stays off across restarts."""
+    """What every daemon sharing the database must respect about one notifier.
+
+    Turned off by its receiver (HTTP 410), paused as its `Retry-After` asked, or its
+    circuit open after consecutive failures (`circuit` = open | probing): all survive
+    restarts and are seen by each instance at its next dispatch tick.
+    """
 
     __tablename__ = "notifier_state"
 
@@ -214,6 +219,11 @@ class NotifierState(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     url_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    paused_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pause_reason: Mapped[str | None] = mapped_column(Text)
+    circuit: Mapped[str | None] = mapped_column(String(12))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AccountState(Base):

@@ -1,11 +1,14 @@
 """Delivers outbox rows to notifiers, outside any database transaction.
 
-Each tick claims due rows per notifier and hands them to that notifier's own
-worker thread; a notifier with work still in flight is skipped, so one slow or
-dead receiver only ever delays itself. Outcomes follow a growing retry schedule
-for at least a day (`Retry-After` honoured), then the row is dead. A receiver
-that fails is left alone for a short pause (or as long as its `Retry-After`
-asks) instead of being hit again at the next tick.
+Each notifier has its own lane: rows claimed with a lease, sent by up to
+`concurrency` worker threads, outcomes written in batches (`recorder.py`). Each row
+follows its own retry schedule, so a failed event never delays another; a claim
+never holds two rows of one conference, so `ended` waits for its `started`. A lane
+is held back only when its receiver asks (429/503 with `Retry-After`) or its circuit
+opens after consecutive failures lasting a while; both are recorded in `notifier_state`, so every
+instance on the database respects them, and one probe (taken atomically in the
+database) decides when the circuit closes. The consecutive-failure count itself is
+per process. One slow or dead receiver only ever delays its own lane.
 """
 
 from __future__ import annotations
@@ -17,56 +20,40 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from monitor.db.outbox import AttemptOutcome, Claimed, Outbox
+from monitor.db.outbox import AttemptOutcome, NotifierStatus, Outbox
+from monitor.notify.alarms import Alarms
 from monitor.notify.base import DeliveryError, Message, Notifier
+from monitor.notify.health import NotifierHealth, health_of
+from monitor.notify.lane import Lane, Queued
+from monitor.notify.recorder import DEFAULT_INTERVAL_S, Recorder
+from monitor.notify.reporting import first_line, report_disabled, report_outcome
+from monitor.notify.retry import (
+    DEFAULT_BREAKER_COOLDOWN_S,
+    DEFAULT_BREAKER_THRESHOLD,
+    DEFAULT_BREAKER_WINDOW_S,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRY_AFTER_S,
+    RETRY_DELAYS_S,
+    DeliveryPolicy,
+    next_outcome,
+)
+from monitor.notify.verdicts import Verdicts
+
+__all__ = ["RETRY_DELAYS_S", "Dispatcher", "NotifierHealth", "next_outcome", "utcnow"]
 
 log = logging.getLogger("monitor.dispatch")
 
-RETRY_DELAYS_S: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600)
-MAX_RETRY_AFTER_S = 6 * 3600.0
 # What one attempt may cost beyond the notifier's own timeout: recording its outcome.
 ATTEMPT_MARGIN_S = 2.0
 DEFAULT_ATTEMPT_S = 10.0  # for notifiers without a `timeout_s` (the log notifier)
 _OWNER_MAX_CHARS = 64  # deliveries.lease_owner
+_WAIT_STEP_S = 0.005
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def next_outcome(
-    row: Claimed,
-    error: DeliveryError,
-    now: datetime,
-    duration_ms: float,
-    delays_s: Sequence[float],
-    give_up_after_s: float,
-) -> AttemptOutcome:
-    """Pure: what a failed attempt turns the row into."""
-    base = dict(
-        attempted_at=now,
-        duration_ms=duration_ms,
-        status_code=error.status_code,
-        error=error.message,
-    )
-    if error.permanent:
-        return AttemptOutcome(status="failed", **base)  # type: ignore[arg-type]
-    delay = delays_s[min(row.attempts, len(delays_s) - 1)]
-    if error.retry_after_s is not None:
-        delay = max(delay, min(error.retry_after_s, MAX_RETRY_AFTER_S))
-    retry_at = now + timedelta(seconds=delay)
-    if (retry_at - row.created_at).total_seconds() > give_up_after_s:
-        return AttemptOutcome(status="dead", **base)  # type: ignore[arg-type]
-    return AttemptOutcome(status="pending", next_attempt_at=retry_at, **base)  # type: ignore[arg-type]
-
-
-def pause_after(error: DeliveryError, delays_s: Sequence[float]) -> float:
-    """Pure: how long to leave a notifier alone after a failure that may pass."""
-    if error.retry_after_s is not None:
-        return min(max(error.retry_after_s, delays_s[0]), MAX_RETRY_AFTER_S)
-    return delays_s[0]
 
 
 def _owner_id(dispatcher: object) -> str:
@@ -74,7 +61,7 @@ def _owner_id(dispatcher: object) -> str:
     return socket.gethostname()[: _OWNER_MAX_CHARS - len(suffix)] + suffix
 
 
-class Dispatcher:
+class Dispatcher(Verdicts):
     def __init__(
         self,
         outbox: Outbox,
@@ -86,6 +73,14 @@ class Dispatcher:
         retry_delays_s: Sequence[float] = RETRY_DELAYS_S,
         on_outcome: Callable[[str, str, float], None] | None = None,
         attempt_margin_s: float = ATTEMPT_MARGIN_S,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        breaker_threshold: int = DEFAULT_BREAKER_THRESHOLD,
+        breaker_cooldown_s: float = DEFAULT_BREAKER_COOLDOWN_S,
+        max_retry_after_s: float = DEFAULT_MAX_RETRY_AFTER_S,
+        breaker_window_s: float = DEFAULT_BREAKER_WINDOW_S,
+        policy_for: Callable[[str], DeliveryPolicy] | None = None,
+        on_health: Callable[[NotifierHealth], None] | None = None,
+        record_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         if not retry_delays_s:
             raise ValueError("retry_delays_s must not be empty")
@@ -96,53 +91,69 @@ class Dispatcher:
         self.give_up_after_s = give_up_after_s
         self.retry_delays_s = tuple(retry_delays_s)
         self.on_outcome = on_outcome
+        self.on_health = on_health
         self.attempt_margin_s = attempt_margin_s
-        self._notifiers = dict(notifiers)
+        default = DeliveryPolicy(
+            concurrency, breaker_threshold, breaker_cooldown_s, max_retry_after_s, breaker_window_s
+        )
+        self.policy_for = policy_for or (lambda _name: default)
         self._lock = threading.Lock()
-        # One worker at most per notifier name, with the notifier object it is using.
-        self._workers: dict[str, tuple[threading.Thread, Notifier]] = {}
-        self._paused_until: dict[str, float] = {}  # monotonic
-        self._retired: list[Notifier] = []  # replaced while busy; closed when idle
+        self._lanes: dict[str, Lane] = {}
+        self._retired: list[Lane] = []  # replaced while busy; closed when idle
         self._reported_disabled: set[str] = set()
         self._stopping = threading.Event()
+        self._recorder = Recorder(outbox, self.owner, self._after_recorded, record_interval_s)
+        self._alarms = Alarms(self._ring)
+        self.set_notifiers(notifiers)
+
+    # -- the daemon's interface ---------------------------------------------------------
 
     def set_notifiers(self, notifiers: Mapping[str, Notifier]) -> None:
         """Swap notifiers (config reload); work in flight finishes with the old objects."""
         with self._lock:
-            old, self._notifiers = self._notifiers, dict(notifiers)
-            self._retired += [n for name, n in old.items() if notifiers.get(name) is not n]
+            old, self._lanes = self._lanes, {}
+            for name, notifier in notifiers.items():
+                lane = old.pop(name, None)
+                if lane is None or lane.notifier is not notifier:
+                    if lane is not None:
+                        old[name] = lane
+                    lane = Lane(name, notifier, self.policy_for(name))
+                self._lanes[name] = lane
+            for lane in old.values():
+                lane.retired = True
+                self._release(lane.take_queue())
+            self._retired += old.values()
         self._close_retired()
 
     def tick(self, now: datetime | None = None) -> int:
-        """Claim due rows for every idle notifier and start delivering them; rows started."""
+        """Claim due rows for every idle notifier and start delivering them; rows claimed."""
         if self._stopping.is_set():
             return 0
         now = now or utcnow()
-        disabled = self.outbox.disabled_notifiers()
-        self._report_disabled(disabled)
-        started = 0
+        states = self.outbox.notifier_states()
+        self._report_disabled(states)
         with self._lock:
-            notifiers = dict(self._notifiers)
-        for name, notifier in notifiers.items():
-            if name in disabled or self._is_busy(name) or self._is_paused(name):
+            lanes = list(self._lanes.values())
+        claimed = 0
+        for lane in lanes:
+            lane.policy = self.policy_for(lane.name)
+            state = states.get(lane.name)
+            self._publish(lane, state, now)
+            if state is not None and state.disabled_at is not None:
                 continue
-            lease_s = self._lease_for(notifier)
-            lease_end = time.monotonic() + lease_s
-            rows = self.outbox.claim(name, now, self.batch_size, self.owner, lease_s)
-            if rows:
-                self._start(name, notifier, rows, lease_end)
-                started += len(rows)
-        return started
+            if state is not None and state.circuit is not None:
+                claimed += self._probe(lane, state, now)
+            elif state is None or not state.holds(now):
+                claimed += self._fill(lane, now)
+        return claimed
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        """Wait for the batches in flight to finish; True if all of them did."""
+        """Wait for the rows in flight and their outcomes' recording; True if all finished."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._lock:
-            workers = [thread for thread, _ in self._workers.values()]
-        for worker in workers:
-            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if worker.is_alive():
+        while not self._idle():
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
+            time.sleep(_WAIT_STEP_S)
         return True
 
     def drain(self, timeout_s: float | None = None) -> bool:
@@ -152,6 +163,10 @@ class Dispatcher:
         the next run) takes them without waiting for the lease. True if all finished.
         """
         self._stopping.set()
+        with self._lock:
+            queued = [q for lane in self._all_lanes() for q in lane.take_queue()]
+        self._alarms.stop()
+        self._release(queued)
         return self.wait(timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -163,79 +178,193 @@ class Dispatcher:
         if not self._stopping.is_set():
             self.drain(timeout_s)
         with self._lock:
-            self._retired += list(self._notifiers.values())
-            self._notifiers = {}
+            for lane in self._lanes.values():
+                lane.retired = True
+            self._retired += self._lanes.values()
+            self._lanes = {}
+        self._recorder.close(timeout_s)
         self._close_retired()
 
-    # -- workers --------------------------------------------------------------------
-
-    def _start(self, name: str, notifier: Notifier, rows: list[Claimed], lease_end: float) -> None:
-        worker = threading.Thread(
-            target=self._run,
-            args=(name, notifier, rows, lease_end),
-            name=f"deliver-{name}",
-            daemon=True,
-        )
+    def health(self) -> list[NotifierHealth]:
+        """Each configured notifier's state as this instance sees it (reads the database)."""
+        states, now = self.outbox.notifier_states(), utcnow()
         with self._lock:
-            self._workers[name] = (worker, notifier)
-        worker.start()
+            lanes = list(self._lanes.values())
+        return [health_of(lane, states.get(lane.name), now) for lane in lanes]
 
-    def _run(self, name: str, notifier: Notifier, rows: list[Claimed], lease_end: float) -> None:
-        """Deliver a batch; while batches come back full and all goes well, claim the next."""
+    # -- claiming ---------------------------------------------------------------------
+
+    def _fill(self, lane: Lane, now: datetime, *, limit: int | None = None) -> int:
+        """Claim into an idle lane that may send; the number of rows claimed."""
+        with self._lock:
+            if not self._may_claim(lane) or not lane.idle():
+                return 0
+            lane.refilling = True
         try:
-            while True:
-                if not self._deliver_rows(notifier, rows, lease_end):
-                    return
-                if len(rows) < self.batch_size or not self._current(name, notifier):
-                    return
-                lease_s = self._lease_for(notifier)
-                lease_end = time.monotonic() + lease_s
-                rows = self.outbox.claim(name, utcnow(), self.batch_size, self.owner, lease_s)
-                if not rows:
-                    return
+            return self._claim_into(lane, now, limit or self.batch_size, probe=lane.probing)
+        finally:
+            with self._lock:
+                lane.refilling = False
+
+    def _claim_into(self, lane: Lane, now: datetime, limit: int, *, probe: bool) -> int:
+        lease_s = self._lease_for(lane.notifier)
+        lease_end = time.monotonic() + lease_s
+        rows = self.outbox.claim(lane.name, now, limit, self.owner, lease_s, probe=probe)
+        if rows:
+            with self._lock:
+                lane.queue.extend(Queued(row, lease_end) for row in rows)
+                self._spawn(lane)
+        return len(rows)
+
+    def _probe(self, lane: Lane, state: NotifierStatus, now: datetime) -> int:
+        """An open circuit whose wait is over: one request, by one instance, decides."""
+        if state.paused_until is not None and state.paused_until > now:
+            return 0
+        with self._lock:
+            if not self._may_claim(lane) or not lane.idle():
+                return 0
+        if not self.outbox.acquire_probe(lane.name, now, self._lease_for(lane.notifier)):
+            return 0
+        with self._lock:
+            lane.probing = True
+        claimed = self._fill(lane, now, limit=1)
+        if not claimed:  # nothing due to probe with: let the next tick try again
+            with self._lock:
+                lane.probing = False
+            self.outbox.release_probe(lane.name, now)
+        else:
+            log.info(
+                "circuit of notifier %s half-open: probing with one delivery",
+                lane.name,
+                extra={"event": "notifier.circuit_probing", "notifier": lane.name},
+            )
+        return claimed
+
+    def _wake(self, lane: Lane, after_s: float) -> None:
+        """Claim for `lane` again in `after_s` (a retry or a pause ending), not at a tick."""
+        if not self._stopping.is_set():
+            self._alarms.wake(lane.name, after_s)
+
+    def _ring(self, name: str) -> None:
+        if self._stopping.is_set():
+            return
+        try:
+            self.tick_lane(name)
+        except Exception as exc:  # the next tick tries again
+            log.debug("wake-up claim for %s failed: %s", name, first_line(exc))
+
+    def tick_lane(self, name: str) -> int:
+        """`tick()` for one notifier: when a retry or a pause of it is due."""
+        now = utcnow()
+        with self._lock:
+            lane = self._lanes.get(name)
+        if lane is None:
+            return 0
+        state = self.outbox.notifier_states().get(name)
+        if state is not None and state.disabled_at is not None:
+            return 0
+        if state is not None and state.circuit is not None:
+            return self._probe(lane, state, now)
+        if state is not None and state.holds(now):
+            self._wake(lane, ((state.paused_until or now) - now).total_seconds())
+            return 0
+        return self._fill(lane, now)
+
+    def _may_claim(self, lane: Lane) -> bool:
+        return not (self._stopping.is_set() or lane.retired or lane.held())
+
+    def _after_recorded(self, notifiers: set[str]) -> None:
+        """Outcomes written: rows they held back (a conference's next event) may be due."""
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            lanes = [self._lanes[n] for n in notifiers if n in self._lanes]
+        now = utcnow()
+        for lane in lanes:
+            if not lane.probing and not lane.circuit_open:
+                try:
+                    self._fill(lane, now)
+                except Exception as exc:  # the next tick tries again
+                    log.debug("claim after recording failed: %s", exc)
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _spawn(self, lane: Lane) -> None:
+        """Start workers for the queued rows (caller holds the lock)."""
+        for _ in range(lane.wanted_workers()):
+            lane.workers += 1
+            threading.Thread(
+                target=self._work, args=(lane,), name=f"deliver-{lane.name}", daemon=True
+            ).start()
+
+    def _work(self, lane: Lane) -> None:
+        try:
+            while (item := self._next(lane)) is not None:
+                try:
+                    self._attempt(lane, item)
+                finally:
+                    with self._lock:
+                        lane.in_flight.remove(item)
         except Exception as exc:  # e.g. database down: unrecorded rows are retried after the lease
             log.error(
                 "delivering to %s stopped: %s: %s",
-                name,
+                lane.name,
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
-                extra={"event": "dispatch.failed", "notifier": name},
+                extra={"event": "dispatch.failed", "notifier": lane.name},
             )
         finally:
             with self._lock:
-                entry = self._workers.get(name)
-                if entry is not None and entry[0] is threading.current_thread():
-                    del self._workers[name]
+                lane.workers -= 1
             self._close_retired()
 
-    def _deliver_rows(self, notifier: Notifier, rows: list[Claimed], lease_end: float) -> bool:
-        """Deliver claimed rows in order; False when the rest must wait (failing, stopping)."""
-        name = notifier.name
-        budget_s = self._attempt_budget(notifier)
-        owned = {row.id for row in rows}
-        for index, row in enumerate(rows):
-            rest = [r.id for r in rows[index:] if r.id in owned]
-            if not self._current(name, notifier):
-                self.outbox.release(rest, self.owner)
-                return False
-            if time.monotonic() + budget_s > lease_end:
-                # A long batch: renew the lease before it can lapse under an attempt.
-                lease_s = self._lease_for(notifier)
-                lease_end = time.monotonic() + lease_s
-                owned = self.outbox.extend(rest, self.owner, utcnow(), lease_s)
-            if row.id not in owned:
-                continue  # our lease lapsed and another dispatcher took the row
-            if not self._deliver_one(notifier, row):
-                self.outbox.release([i for i in rest[1:] if i in owned], self.owner)
-                return False
-        return True
+    def _next(self, lane: Lane) -> Queued | None:
+        """The next row to attempt, claiming more as the queue runs low; None to stop.
 
-    def _deliver_one(self, notifier: Notifier, row: Claimed) -> bool:
-        """One attempt, recorded; False if the receiver is failing (try the rest later)."""
-        attempted_at, started = utcnow(), time.monotonic()
-        extra = {"event_id": row.event_id, "notifier": row.notifier, "sid": row.conference_sid}
+        The claim for more starts while a few rows are still queued, so the other
+        workers keep sending while it runs.
+        """
+        while True:
+            with self._lock:
+                may_refill = self._may_claim(lane) and not (
+                    lane.refilling or lane.probing or lane.circuit_open
+                )
+                if self._may_claim(lane) and lane.queue:
+                    item = lane.queue.popleft()
+                    lane.in_flight.append(item)
+                    prefetch = may_refill and len(lane.queue) < lane.policy.concurrency
+                    lane.refilling = lane.refilling or prefetch
+                    break
+                stale = [] if may_refill else lane.take_queue()
+                lane.refilling = lane.refilling or may_refill
+            if not may_refill:
+                self._release(stale)
+                return None
+            if not self._refill(lane):
+                return None
+        if prefetch:
+            try:
+                self._refill(lane)
+            except Exception as exc:  # the queued rows still go; the next tick claims again
+                log.warning("claiming more for %s failed: %s", lane.name, first_line(exc))
+        return item
+
+    def _refill(self, lane: Lane) -> bool:
         try:
-            code = notifier.send(Message(row.event_id, row.event_type, row.body))
+            return self._claim_into(lane, utcnow(), self.batch_size, probe=False) > 0
+        finally:
+            with self._lock:
+                lane.refilling = False
+
+    def _attempt(self, lane: Lane, item: Queued) -> None:
+        if time.monotonic() + self._attempt_budget(lane.notifier) > item.lease_end:
+            self._renew(lane)  # a long queue: renew before the lease can lapse mid-attempt
+        if item.lost:
+            return  # our lease lapsed and another dispatcher took the row
+        row = item.row
+        attempted_at, started = utcnow(), time.monotonic()
+        try:
+            code = lane.notifier.send(Message(row.event_id, row.event_type, row.body))
             error: DeliveryError | None = None
         except DeliveryError as exc:
             code, error = exc.status_code, exc
@@ -247,41 +376,46 @@ class Dispatcher:
             outcome = AttemptOutcome("delivered", attempted_at, duration_ms, code)
         else:
             outcome = next_outcome(
-                row, error, now, duration_ms, self.retry_delays_s, self.give_up_after_s
+                row,
+                error,
+                now,
+                duration_ms,
+                self.retry_delays_s,
+                self.give_up_after_s,
+                lane.policy.max_retry_after_s,
             )
             # The log says when the attempt began; the retry counts from when it ended.
             outcome = replace(outcome, attempted_at=attempted_at)
-        if not self.outbox.finish(row.id, self.owner, outcome):
-            log.warning("lease on delivery %s lost; outcome not recorded", row.id, extra=extra)
-        self._report(row, outcome, error, extra)
-        if error is None:
-            return True
-        if error.disable:
-            self._disable(row.notifier, error, now)
-            return False
-        if not error.permanent:
-            self._pause(row.notifier, pause_after(error, self.retry_delays_s))
-            return False
-        return True  # this request was refused; the next one may well be accepted
+        self._recorder.add(lane.name, row, outcome)
+        report_outcome(lane.name, row, outcome, error, self.on_outcome)
+        self._judge(lane, error, now)
+        if outcome.next_attempt_at is not None:
+            self._wake(lane, (outcome.next_attempt_at - utcnow()).total_seconds())
 
-    # -- state ------------------------------------------------------------------------
-
-    def _current(self, name: str, notifier: Notifier) -> bool:
-        """Still running, and `notifier` is still the one configured under `name`."""
+    def _renew(self, lane: Lane) -> None:
         with self._lock:
-            return not self._stopping.is_set() and self._notifiers.get(name) is notifier
+            items = list(lane.in_flight) + list(lane.queue)
+        lease_s = self._lease_for(lane.notifier)
+        lease_end = time.monotonic() + lease_s
+        kept = self.outbox.extend([q.row.id for q in items], self.owner, utcnow(), lease_s)
+        for queued in items:
+            queued.lease_end = lease_end
+            queued.lost = queued.row.id not in kept
 
-    def _is_busy(self, name: str) -> bool:
-        with self._lock:
-            return name in self._workers
+    # -- plumbing -----------------------------------------------------------------------
 
-    def _is_paused(self, name: str) -> bool:
-        with self._lock:
-            return time.monotonic() < self._paused_until.get(name, 0.0)
+    def _release(self, queued: Sequence[Queued]) -> None:
+        ids = [q.row.id for q in queued if not q.lost]
+        if ids:
+            self.outbox.release(ids, self.owner)
 
-    def _pause(self, name: str, seconds: float) -> None:
+    def _idle(self) -> bool:
         with self._lock:
-            self._paused_until[name] = time.monotonic() + seconds
+            busy = any(not lane.idle() for lane in self._all_lanes())
+        return not busy and self._recorder.idle()
+
+    def _all_lanes(self) -> list[Lane]:
+        return [*self._lanes.values(), *self._retired]
 
     def _attempt_budget(self, notifier: Notifier) -> float:
         timeout_s = getattr(notifier, "timeout_s", None)
@@ -295,66 +429,17 @@ class Dispatcher:
     def _close_retired(self) -> None:
         """Close replaced notifiers that no worker is using any more."""
         with self._lock:
-            in_use = {id(n) for _, n in self._workers.values()}
-            idle = [n for n in self._retired if id(n) not in in_use]
-            self._retired = [n for n in self._retired if id(n) in in_use]
-        for notifier in idle:
-            notifier.close()
+            idle = [lane for lane in self._retired if lane.idle()]
+            self._retired = [lane for lane in self._retired if not lane.idle()]
+        for lane in idle:
+            lane.notifier.close()
 
-    # -- reporting ---------------------------------------------------------------------
-
-    def _report(
-        self, row: Claimed, outcome: AttemptOutcome, error: DeliveryError | None, extra: dict
-    ) -> None:
-        if self.on_outcome:
-            counted = "disabled" if error is not None and error.disable else outcome.status
-            self.on_outcome(row.notifier, counted, outcome.duration_ms / 1000)
-        extra = {**extra, "event": f"delivery.{outcome.status}"}
-        if error is None:
-            log.debug("delivered %s to %s", row.event_id, row.notifier, extra=extra)
-        elif outcome.status == "pending":
-            log.warning(
-                "delivery of %s to %s failed (%s); retry at %s",
-                row.event_id,
-                row.notifier,
-                error.message,
-                outcome.next_attempt_at.isoformat() if outcome.next_attempt_at else "?",
-                extra=extra,
-            )
-        else:
-            log.error(
-                "delivery of %s to %s is %s: %s",
-                row.event_id,
-                row.notifier,
-                outcome.status,
-                error.message,
-                extra=extra,
-            )
-
-    def _disable(self, name: str, error: DeliveryError, now: datetime) -> None:
-        reason = error.message  # "POST <url>: HTTP 410 Gone: disabling this notifier..."
-        self.outbox.disable_notifier(name, reason, now)
-        with self._lock:
-            self._reported_disabled.add(name)
-        log.error(
-            "notifier %s disabled, its deliveries wait: %s; "
-            "`conference-monitor deliveries retry ID` re-enables it",
-            name,
-            reason,
-            extra={"event": "notifier.disabled", "notifier": name},
-        )
-
-    def _report_disabled(self, disabled: Mapping[str, str]) -> None:
+    def _report_disabled(self, states: Mapping[str, NotifierStatus]) -> None:
         """Say once per process that a configured notifier is off (e.g. after a restart)."""
+        disabled = {n: s.disabled_reason or "" for n, s in states.items() if s.disabled_at}
         with self._lock:
-            names = set(self._notifiers) & set(disabled)
+            names = set(self._lanes) & set(disabled)
             new = names - self._reported_disabled
             self._reported_disabled = (self._reported_disabled & set(disabled)) | names
         for name in sorted(new):
-            log.warning(
-                "notifier %s is disabled (%s); its deliveries wait. "
-                "`conference-monitor deliveries retry ID` re-enables it",
-                name,
-                disabled[name],
-                extra={"event": "notifier.disabled", "notifier": name},
-            )
+            report_disabled(name, disabled[name], just_now=False)

@@ -115,7 +115,8 @@ def test_poll_of_a_missing_conference_fails_with_the_sid(config: Path) -> None:
 def test_check_reports_each_part(config: Path, tmp_path: Path, sim: SimulatorServer) -> None:
     ok = cli("check", config=config)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert [line.split()[1] for line in ok.stdout.splitlines()] == ["config", "database", "twilio"]
+    parts = [line.split()[1] for line in ok.stdout.splitlines()]
+    assert parts == ["config", "notifier", "database", "twilio"]  # one line per notifier
     bad = cli(
         "check", config=config, env={"CONFERENCE_MONITOR_TWILIO_AUTH_TOKEN": "wrong-secret-xyz"}
     )

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ from typing import Any
 
 import pytest
 import standardwebhooks
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from monitor.simulator.control import SimulatorControl
 from monitor.simulator.server import SimulatorServer
@@ -38,12 +43,24 @@ API_KEY = "SK" + uuid.uuid4().hex  # an identifier, not a secret
 API_SECRET = f"apisecret{uuid.uuid4().hex}"
 WEBHOOK_KEY = base64.b64encode(f"hook-{uuid.uuid4().hex}".encode()).decode()
 WEBHOOK_SECRET = "whsec_" + WEBHOOK_KEY
+SLACK_TOKEN = f"slacktoken{uuid.uuid4().hex}"
+SLACK_PATH = f"/services/T0/B0/{SLACK_TOKEN}"
+ROUTING_KEY = f"routingkey{uuid.uuid4().hex}"
+SMTP_USER = "monitor"
+SMTP_PASSWORD = f"smtppass{uuid.uuid4().hex}"
 
 FORBIDDEN = {
     "auth token": TOKEN,
     "API secret": API_SECRET,
     "webhook secret": WEBHOOK_SECRET,
     "webhook key": WEBHOOK_KEY,
+    "Slack URL token": SLACK_TOKEN,
+    "PagerDuty routing key": ROUTING_KEY,
+    "SMTP password": SMTP_PASSWORD,
+    "SMTP password (AUTH LOGIN)": base64.b64encode(SMTP_PASSWORD.encode()).decode(),
+    "SMTP password (AUTH PLAIN)": base64.b64encode(
+        f"\0{SMTP_USER}\0{SMTP_PASSWORD}".encode()
+    ).decode(),
     "Basic auth (token)": base64.b64encode(f"{ACCOUNT}:{TOKEN}".encode()).decode(),
     "Basic auth (API key)": base64.b64encode(f"{API_KEY}:{API_SECRET}".encode()).decode(),
 }
@@ -75,7 +92,14 @@ class Transcript:
         ]
 
 
-def config_text(sim_url: str, db_url: str, hook_url: str, extra: str = "") -> str:
+def config_text(
+    sim_url: str,
+    db_url: str,
+    hook_url: str,
+    extra: str = "",
+    smtp: tuple[int, str] = (9, ""),
+    vendor_url: str = "",
+) -> str:
     return f"""
 [twilio]
 account_sid = "{ACCOUNT}"
@@ -109,6 +133,32 @@ type = "webhook"
 url = "{hook_url}"
 secret_credential = "WEBHOOK_SECRET"
 timeout = "2s"
+
+[[notifiers]]
+name = "chat"
+type = "slack"
+url_credential = "SLACK_URL"
+timeout = "2s"
+
+[[notifiers]]
+name = "pager"
+type = "pagerduty"
+url = "{vendor_url or hook_url}"
+routing_key_env = "PD_ROUTING_KEY"
+timeout = "2s"
+
+[[notifiers]]
+name = "mail"
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {smtp[0]}
+tls = "implicit"
+ca_file = "{smtp[1]}"
+username = "{SMTP_USER}"
+password_credential = "SMTP_PASSWORD"
+from = "monitor@example.com"
+to = ["oncall@example.com"]
+timeout = "2s"
 {extra}
 """
 
@@ -130,6 +180,7 @@ def credentials(tmp_path: Path) -> Path:
     (folder / "TWILIO_API_KEY").write_text(API_KEY + "\n")
     (folder / "TWILIO_API_SECRET").write_text(API_SECRET + "\n")
     (folder / "WEBHOOK_SECRET").write_text(WEBHOOK_SECRET + "\n")
+    (folder / "SMTP_PASSWORD").write_text(SMTP_PASSWORD + "\n")
     return folder
 
 
@@ -150,7 +201,7 @@ class Hook:
 
 
 @contextmanager
-def failing_receiver() -> Iterator[Hook]:
+def failing_receiver(expected: str = WEBHOOK_SECRET) -> Iterator[Hook]:
     """A receiver that fails with 500, its error page repeating the secret it expected."""
     hook = Hook("", [])
 
@@ -158,7 +209,9 @@ def failing_receiver() -> Iterator[Hook]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             hook.received.append((body, dict(self.headers.items())))
-            page = f"signature check failed: expected secret {WEBHOOK_SECRET}\n".encode()
+            # Echoes the secret it expected, the path it was called on and what it got.
+            page = f"check failed: expected secret {expected} at ".encode()
+            page += self.path.encode() + b" for " + body[:300]
             self.send_response(500)
             self.send_header("Content-Length", str(len(page)))
             self.end_headers()
@@ -180,6 +233,36 @@ def failing_receiver() -> Iterator[Hook]:
         thread.join(timeout=5)
 
 
+@contextmanager
+def smtp_rejecting_logins(folder: Path) -> Iterator[tuple[int, str]]:
+    """An implicit-TLS SMTP server (test CA) that turns every login down: (port, CA file)."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = folder / "smtp-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    class Box:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 OK"
+
+    def refuse(*_args: Any) -> AuthResult:
+        return AuthResult(success=False)
+
+    controller = Controller(
+        Box(), hostname="127.0.0.1", port=port, ssl_context=context, authenticator=refuse
+    )
+    controller.start()
+    try:
+        yield port, str(ca_file)
+    finally:
+        controller.stop()
+
+
+@pytest.mark.filterwarnings("ignore:.*login_data is deprecated")
 def test_no_secret_in_any_output_or_log(
     tmp_path: Path, credentials: Path, sims: tuple[SimulatorServer, SimulatorServer]
 ) -> None:
@@ -193,28 +276,38 @@ def test_no_secret_in_any_output_or_log(
         "CONFERENCE_MONITOR_TWILIO_BASE_URL": bad.url,
         "CONFERENCE_MONITOR_DATABASE_URL": f"sqlite:///{tmp_path}/rejected.db",
     }
-    with SimulatorControl(good.url) as ctl, failing_receiver() as hook:
+    env["PD_ROUTING_KEY"] = ROUTING_KEY
+    rejected["PD_ROUTING_KEY"] = ROUTING_KEY
+    with (
+        SimulatorControl(good.url) as ctl,
+        failing_receiver() as hook,
+        failing_receiver(expected="nothing") as vendor,  # echoes the Slack path, PD key
+        smtp_rejecting_logins(tmp_path) as smtp,
+    ):
+        (credentials / "SLACK_URL").write_text(vendor.url.replace("/hook", SLACK_PATH) + "\n")
         config = tmp_path / "config.toml"
-        config.write_text(config_text(good.url, db, hook.url))
+        config.write_text(config_text(good.url, db, hook.url, smtp=smtp, vendor_url=vendor.url))
         sid = ctl.create_conference(friendly_name="secrets", status="init")["sid"]
         seen.run("db", "upgrade", config=config, env=env, rc=0)
         seen.run("db", "upgrade", config=config, env=rejected, rc=0)
         assert "ok    twilio" in seen.run("check", config=config, env=env, rc=0)
         assert "FAIL  twilio" in seen.run("check", config=config, env=rejected, rc=1)
+        seen.run("notify", "test", config=config, env=env, rc=1)
+        seen.run("check", "--notifiers", config=config, env=env, rc=1)
         seen.run("poll", sid, config=config, env=env, rc=0)
         seen.run("poll", sid, config=config, env=rejected, rc=1)
         seen.run("watch", "add", sid, config=config, env=env, rc=0)
 
         broken = tmp_path / "broken.toml"
         broken.write_text(
-            config_text(good.url, db, hook.url, BROKEN).replace(
+            config_text(good.url, db, hook.url, BROKEN, smtp, vendor.url).replace(
                 f'account_sid = "{ACCOUNT}"',
                 f'account_sid = "{ACCOUNT}"\nauth_token = "{TOKEN}"\napi_secret = "{API_SECRET}"'
                 '\nconcurrency = "lots"',
             )
         )
         errors = seen.run("check", config=broken, env={}, rc=2)
-        assert "notifiers[2].url" in errors and "twilio.concurrency" in errors, errors
+        assert "notifiers[5].url" in errors and "twilio.concurrency" in errors, errors
 
         log_path = tmp_path / "daemon.log"
         with (
@@ -238,7 +331,7 @@ def test_no_secret_in_any_output_or_log(
         logged = check_log_shape(log_path)
         assert {"delivery.pending", "config.invalid"} <= {line.get("event") for line in logged}
 
-        config.write_text(config_text(good.url, db, hook.url))
+        config.write_text(config_text(good.url, db, hook.url, smtp=smtp, vendor_url=vendor.url))
         listed = seen.run("deliveries", "--json", config=config, env=env, rc=0)
         failed = [row for row in json_lines(listed) if row["notifier"] == "hook"]
         assert failed and "***" in failed[0]["last_error"], failed  # the echo was scrubbed
@@ -251,6 +344,8 @@ def test_no_secret_in_any_output_or_log(
     assert "API key " + API_KEY in "".join(text for _, text in seen.parts)
     body, headers = hook.received[0]
     standardwebhooks.Webhook(WEBHOOK_SECRET).verify(body, headers)
+    assert any(ROUTING_KEY.encode() in got for got, _ in vendor.received)  # and echoed back
+    assert any(b'"blocks"' in got for got, _ in vendor.received)  # Slack, at its secret path
     assert seen.leaks() == []
 
 

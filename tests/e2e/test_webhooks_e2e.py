@@ -333,7 +333,8 @@ def test_410_disables_and_a_dead_row_is_replayed_from_the_cli(world: World) -> N
 
     with scripted(gone_decide) as (gone, gone_answers), scripted(flaky_decide) as (flaky, _):
         notifiers = webhook_table("gone", gone.url) + webhook_table("flaky", flaky.url)
-        config = world.setup(notifiers, 'give_up_after = "1s"', standup="init")
+        # No circuit breaker here: every failure must reach its row's own end (dead).
+        config = world.setup(notifiers, 'give_up_after = "1s"\nbreaker_threshold = 0', standup="init")
         log_path = world.tmp / "daemon.log"
         with daemon(config, log_path) as run:
             world.wait_baseline()

@@ -30,6 +30,7 @@ from monitor.domain import EventType, new_event_id
 from monitor.events import NewEvent, document
 from monitor.notify.base import DeliveryError
 from monitor.notify.dispatcher import Dispatcher, next_outcome
+from monitor.notify.retry import DEFAULT_CONCURRENCY
 from monitor.notify.webhook import WebhookNotifier
 
 ACCOUNT = "AC" + "a" * 32
@@ -191,6 +192,7 @@ def dispatchers() -> Iterator[Callable[..., Dispatcher]]:
     def make(outbox: Outbox, notifiers: dict[str, Any], **kwargs: Any) -> Dispatcher:
         kwargs.setdefault("retry_delays_s", QUICK_DELAYS)
         kwargs.setdefault("attempt_margin_s", 0.5)
+        kwargs.setdefault("breaker_cooldown_s", 0.2)
         dispatcher = Dispatcher(outbox, notifiers, **kwargs)
         made.append(dispatcher)
         return dispatcher
@@ -302,9 +304,10 @@ def test_one_hanging_receiver_never_delays_another_notifier(
         "the fast receiver served",
         settle=False,  # the other notifier's worker is still waiting for its answer
     )
-    # Everything reached the healthy receiver while the first request to the other one
-    # was still waiting for its answer.
-    assert len(slow.requests) == 1 and slow.requests[0].answered is None
+    # Everything reached the healthy receiver while the first requests to the other one
+    # (as many as its concurrency allows) were still waiting for their answers.
+    assert len(slow.requests) == DEFAULT_CONCURRENCY
+    assert all(r.answered is None for r in slow.requests)
     assert sorted(fast.delivered()) == sorted(e.id for e in events)
     stuck.set()
     pump(dispatcher, lambda: len(slow.delivered()) == len(events), "the slow receiver served")
@@ -357,6 +360,7 @@ def test_410_disables_only_that_notifier_and_counts_as_disabled(
         outbox,
         {"gone": webhook("gone", gone), "fine": webhook("fine", fine)},
         on_outcome=lambda n, outcome, _s: counted.append((n, outcome)),
+        concurrency=1,  # one request at a time: the 410 is the only answer before the stop
     )
     pump(dispatcher, lambda: len(fine.delivered()) == len(events), "the other notifier served")
     dispatcher.wait(WAIT_S)
@@ -383,7 +387,7 @@ def test_a_failing_receiver_is_left_alone_as_retry_after_asks(
     busy = hooks(lambda _r, _i: Answer(429, headers={"Retry-After": "3600"}))
     outbox = Outbox(lite)
     lifecycle(Store(lite), 5, ("busy",))
-    dispatcher = dispatchers(outbox, {"busy": webhook("busy", busy)})
+    dispatcher = dispatchers(outbox, {"busy": webhook("busy", busy)}, concurrency=1)
     assert dispatcher.tick() == 5  # five different conferences: one batch
     assert dispatcher.wait(WAIT_S)
     # One 429 and the rest of the batch waits; the receiver is not asked again.
@@ -403,7 +407,7 @@ def test_drain_finishes_the_attempt_in_flight_and_releases_the_rest(
     hook = hooks(lambda _r, i: Answer(hold=gate if i == 0 else None))
     outbox = Outbox(engine)
     events = lifecycle(Store(engine), 5, ("hook",))
-    first = dispatchers(outbox, {"hook": webhook("hook", hook, 10.0)})
+    first = dispatchers(outbox, {"hook": webhook("hook", hook, 10.0)}, concurrency=1)
     assert first.tick() == 5
     pump(first, lambda: len(hook.requests) == 1, "the first request", settle=False)
     assert first.drain(0.1) is False  # still waiting for the held answer

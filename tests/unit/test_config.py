@@ -536,8 +536,11 @@ WEBHOOK = f'name = "hook"\ntype = "webhook"\nurl = "https://h.example/x"\nsecret
     [
         ('type = "log"\n', "1: notifiers[0].name: missing"),
         ('name = ""\ntype = "log"\n', "2: notifiers[0].name: must not be empty"),
-        ('name = "x"\n', "1: notifiers[0].type: missing: 'log' or 'webhook'"),
-        ('name = "x"\ntype = "email"\n', "3: notifiers[0].type: must be 'log' or 'webhook'"),
+        (
+            'name = "x"\n',
+            "1: notifiers[0].type: missing: one of log, webhook, slack, msteams, pagerduty, email",
+        ),
+        ('name = "x"\ntype = "sms"\n', "3: notifiers[0].type: must be one of log, webhook,"),
         (f'name = "x"\ntype = "webhook"\nsecret = "{WHSEC}"\n', "1: notifiers[0].url: missing"),
         (
             WEBHOOK.replace("https://h.example/x", "ftp://h.example/x"),
@@ -602,7 +605,7 @@ WEBHOOK = f'name = "hook"\ntype = "webhook"\nurl = "https://h.example/x"\nsecret
         ),
         (
             'name = "log"\ntype = "log"\nurl = "https://h.example"\n',
-            "4: notifiers[0].url: only applies to webhook notifiers",
+            "4: notifiers[0].url: only applies to webhook, slack, msteams, pagerduty notifiers",
         ),
     ],
 )

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", help="only this conference")
     p.add_argument("--limit", type=int, default=100)
     _add_deliveries(sub, common, listing)
+    p = add("report", cmd_report, "starts, ends, end reasons and durations over a window", listing)
+    p.add_argument("--since", default="7d", help="ISO-8601 time or a duration ago (default 7d)")
+    p.add_argument("--until", help="ISO-8601 time or a duration ago (default now)")
     db = sub.add_parser("db", help="database schema").add_subparsers(metavar="ACTION")
     p = db.add_parser("upgrade", help="apply Alembic migrations", parents=[common])
     p.set_defaults(handler=cmd_db_upgrade)
@@ -442,6 +445,19 @@ def cmd_deliveries_show(
         as_json=False,
         empty="  (none yet)",
     )
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
+    from monitor import report
+
+    now = datetime.now(UTC)
+    since, until = parse_when(args.since, now), parse_when(args.until, now) or now
+    if since is None or since >= until:
+        raise UsageError("--since must be earlier than --until")
+    with opened(settings) as app:
+        doc = report.summary(app.engine, since, until)
+    print(json.dumps(doc, separators=(",", ":")) if args.json else report.render(doc))
     return EXIT_OK
 
 

@@ -218,7 +218,7 @@ class RetentionSettings:
     events_s: float = 400 * DAY_S  # events, then whatever is left of the conference
     deliveries_s: float = 30 * DAY_S  # finished deliveries and their attempts
     interval_s: float = 600.0
-    batch_size: int = 500
+    batch_size: int = 200
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ p50 of four values is the second.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -38,12 +39,31 @@ def summary(
     window = history.Window(since, until)
     with history.reading(engine) as conn:
         counts = history.event_counts(conn, EVENT_TYPES, window)
-        reasons = history.end_reasons(conn, window)
-        durations = sorted(history.ended_durations(conn, window))
-        longest = history.longest(conn, window, top)
+        ends = history.ends(conn, window)
+        timed = sorted(
+            (
+                (float(d), sid, event_id, reason)
+                for event_id, sid, reason, d in ends
+                if d is not None
+            ),
+            key=lambda t: (-t[0], t[1]),
+        )[:top]
+        details = history.end_details(conn, [t[2] for t in timed])
         watches = history.watch_counts(conn, window)
         outstanding = history.outstanding_deliveries(conn)
         failing = history.failing_accounts(conn)
+    reasons = Counter(reason or "unknown" for _, _, reason, _ in ends)
+    durations = sorted(float(d) for *_, d in ends if d is not None)
+    longest = [
+        {
+            "sid": sid,
+            "friendly_name": details.get(event_id, {}).get("friendly_name"),
+            "duration_s": round(seconds, 3),
+            "reason_conference_ended": reason,
+            "ended_at": details.get(event_id, {}).get("ended_at"),
+        }
+        for seconds, sid, event_id, reason in timed
+    ]
     return build(since, until, counts, reasons, durations, longest, watches, outstanding, failing)
 
 

@@ -123,6 +123,7 @@ class Retention:
         # then (a long-running watch), which the daily rescan looks at again.
         self._cursors: dict[str, tuple[datetime, Any]] = {}
         self._finished: set[str] = set()  # stages done in this pass, when runs are cut short
+        self._last_write_s = 0.0
         self._rescanned_at = time.monotonic()
 
     def run_once(self, now: datetime | None = None) -> Pruned:
@@ -186,10 +187,24 @@ class Retention:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), key)
                     conn.commit()
 
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One batch's transaction, timed: the pause after it is at least as long."""
+        started = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self._last_write_s = time.monotonic() - started
+
     def _go_on(self, deadline: float) -> bool:
-        """Between batches: pause (SQLite's lock goes to whoever waits), stop if told to."""
-        if self.pause_s:
-            time.sleep(self.pause_s)
+        """Between batches: pause at least as long as the last batch held the database, so
+        polls waiting for SQLite's write lock (and for this process's CPU) get at least
+        half of it; stop if told to or past the run's budget."""
+        pause = max(self.pause_s, self._last_write_s) if self.pause_s else 0.0
+        self._last_write_s = 0.0
+        if pause:
+            time.sleep(pause)
         return not self.should_stop() and time.monotonic() < deadline
 
     def _read(self) -> Connection:
@@ -214,7 +229,7 @@ class Retention:
             self._cursors["deliveries"] = (rows[-1].created_at, rows[-1].id)
             old = [r.id for r in rows if r.status in FINISHED]
             if old:
-                with self.engine.begin() as conn:
+                with self._writing() as conn:
                     _delete_deliveries(conn, D.c.id.in_(old) & (D.c.created_at < cut), pruned)
             if not self._go_on(deadline):
                 return False
@@ -238,7 +253,7 @@ class Retention:
             self._cursors["events"] = (rows[-1].occurred_at, rows[-1].id)
             doomed = [r for r in rows if r.status != "active"]  # None: the watch was removed
             if doomed:
-                with self.engine.begin() as conn:
+                with self._writing() as conn:
                     _delete_events(conn, doomed, pruned)
             if not self._go_on(deadline):
                 return False
@@ -270,8 +285,9 @@ class Retention:
                 return True
             doomed = snapshots_to_delete(old, conferences, cut, kind)
             if doomed:
-                with self.engine.begin() as conn:
-                    pruned.snapshots += _delete_snapshots(conn, doomed)
+                with self._writing() as conn:
+                    sids = {r.conference_sid for r in old if r.id in set(doomed)}
+                    pruned.snapshots += _delete_snapshots(conn, doomed, sids)
             self._cursors[kind] = (rows[-1].first_observed_at, rows[-1].id)
             if not self._go_on(deadline):
                 return False
@@ -313,9 +329,9 @@ def _conferences_of(conn: Connection, rows: Sequence[SnapshotRow]) -> dict[str, 
     return found
 
 
-def _delete_snapshots(conn: Connection, ids: list[int]) -> int:
-    # The watch's current snapshot is never deleted, even if the plan raced a poll.
-    current = select(W.c.current_snapshot_id).where(W.c.current_snapshot_id.in_(ids))
+def _delete_snapshots(conn: Connection, ids: list[int], sids: set[str]) -> int:
+    # A watch's current snapshot is never deleted, even if the plan raced a poll.
+    current = select(W.c.current_snapshot_id).where(W.c.sid.in_(list(sids)))
     kept = set(conn.scalars(current))
     ids = [i for i in ids if i not in kept]
     if not ids:
@@ -327,10 +343,12 @@ def _delete_snapshots(conn: Connection, ids: list[int]) -> int:
 def _delete_deliveries(conn: Connection, which: Any, pruned: Pruned) -> None:
     """Finished deliveries matching `which`, and their attempts (checked again here:
     a `deliveries retry` may have made one pending since it was chosen)."""
-    query = select(D.c.id).where(which, D.c.status.in_(FINISHED))
+    # The status is checked here, not in SQL: a planner offered "status IN (...)" may walk
+    # the status index over every delivered row instead of the few `which` names.
+    query = select(D.c.id, D.c.status).where(which)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    ids = list(conn.scalars(query))
+    ids = [r.id for r in conn.execute(query) if r.status in FINISHED]
     if ids:
         pruned.attempts += int(
             conn.execute(delete(A).where(A.c.delivery_id.in_(ids))).rowcount or 0

@@ -85,9 +85,11 @@ def cookie_value(token: str) -> str:
 
 def cookie_token(value: str) -> str | None:
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        padded = value + "=" * (-len(value) % 4)
+        token = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, ValueError):
         return None
+    return token or None
 
 
 def token_accepted(token: str | None, digests: Iterable[str]) -> bool:

@@ -139,7 +139,12 @@ def _add_lifecycle_times(conn: Connection, rows: list[dict[str, Any]]) -> None:
     by_sid = {row["sid"]: row for row in rows}
     found = conn.execute(
         select(E.c.conference_sid, E.c.type, func.min(E.c.occurred_at))
-        .where(E.c.conference_sid.in_(list(by_sid)), E.c.type.in_((STARTED, ENDED)))
+        # coalesce() keeps planners off the (type, ...) index: for one page of conferences
+        # the (conference_sid, ...) index finds a few rows, the other scans every start.
+        .where(
+            E.c.conference_sid.in_(list(by_sid)),
+            func.coalesce(E.c.type, "").in_((STARTED, ENDED)),
+        )
         .group_by(E.c.conference_sid, E.c.type)
     )
     for sid, kind, at in found:
@@ -279,55 +284,37 @@ def event_counts(conn: Connection, types: Sequence[str], window: Window) -> dict
     return {kind: int(n) for kind, n in conn.execute(union_all(*parts))}
 
 
-def end_reasons(conn: Connection, window: Window) -> dict[str, int]:
-    query = _window(
-        select(E.c.reason_conference_ended, func.count())
-        .where(E.c.type == ENDED)
-        .group_by(E.c.reason_conference_ended),
-        E.c.occurred_at,
-        window,
-    )
-    return {reason or "unknown": int(n) for reason, n in conn.execute(query)}
-
-
 def _seconds_between(conn: Connection, start: Any, end: Any) -> Any:
     if conn.dialect.name == "postgresql":
         return func.extract("epoch", end - start)
     return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
-def ended_durations(conn: Connection, window: Window) -> list[float]:
-    """Twilio's own duration (date_updated at the end minus date_created) of each end."""
+def ends(conn: Connection, window: Window) -> list[Any]:
+    """(id, sid, reason, duration_s) of each `conference.ended` in the window, the duration
+    Twilio's own (date_updated at the end minus date_created); None if unknown. One pass,
+    no datetimes converted: counts, percentiles and the longest come from these rows."""
     seconds = _seconds_between(conn, S.c.date_created, S.c.date_updated)
     query = _window(
-        select(seconds)
-        .select_from(E.join(S, S.c.id == E.c.snapshot_id))
-        .where(E.c.type == ENDED, S.c.date_created.is_not(None), S.c.date_updated.is_not(None)),
+        select(E.c.id, E.c.conference_sid, E.c.reason_conference_ended, seconds)
+        .select_from(E.outerjoin(S, S.c.id == E.c.snapshot_id))
+        .where(E.c.type == ENDED),
         E.c.occurred_at,
         window,
     )
-    return [float(value) for (value,) in conn.execute(query) if value is not None]
+    return list(conn.execute(query).all())
 
 
-def longest(conn: Connection, window: Window, count: int) -> list[dict[str, Any]]:
-    seconds = _seconds_between(conn, S.c.date_created, S.c.date_updated).label("duration_s")
-    query = _window(
-        select(
-            E.c.conference_sid.label("sid"),
-            S.c.friendly_name,
-            seconds,
-            E.c.reason_conference_ended,
-            E.c.occurred_at.label("ended_at"),
-        )
-        .select_from(E.join(S, S.c.id == E.c.snapshot_id))
-        .where(E.c.type == ENDED, S.c.date_created.is_not(None), S.c.date_updated.is_not(None)),
-        E.c.occurred_at,
-        window,
+def end_details(conn: Connection, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Friendly name and time of a few ends, by event id."""
+    if not event_ids:
+        return {}
+    query = (
+        select(E.c.id, S.c.friendly_name, E.c.occurred_at.label("ended_at"))
+        .select_from(E.outerjoin(S, S.c.id == E.c.snapshot_id))
+        .where(E.c.id.in_(list(event_ids)))
     )
-    rows = _rows(conn, query.order_by(seconds.desc(), E.c.conference_sid).limit(count))
-    for row in rows:
-        row["duration_s"] = round(float(row["duration_s"]), 3)
-    return rows
+    return {row.pop("id"): row for row in _rows(conn, query)}
 
 
 def watch_counts(conn: Connection, window: Window) -> dict[str, int]:

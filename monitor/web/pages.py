@@ -132,7 +132,10 @@ class WebView:
     def login(self, request: Request) -> Response:
         if request.method != "POST":
             return self.render("login.html", failed=False)
-        form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=5)
+        try:
+            form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=5)
+        except ValueError:  # more fields than a login form has
+            form = {}
         token = (form.get("token") or [""])[0].strip()
         if not token_accepted(token, self.settings().token_hashes):
             return self.render("login.html", HTTPStatus.UNAUTHORIZED, failed=True)

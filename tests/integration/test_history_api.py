@@ -292,6 +292,8 @@ def test_summary_is_what_report_json_prints(api: Api, tmp_path: Path) -> None:
         ("/api/v1/deliveries", {"status": "lost"}, "status"),
         ("/api/v1/summary", {"until": "2026-13-01"}, "until"),
         ("/api/v1/summary", {"limit": "5"}, "limit"),
+        ("/api/v1/conferences", {"status": ""}, "status"),
+        ("/api/v1/events", {"type": ""}, "type"),
     ],
 )
 def test_bad_parameters_are_400_naming_them(
@@ -330,3 +332,23 @@ def test_paging_is_stable_while_conferences_and_events_are_added(db_url: str) ->
         assert seen == [sid(n) for n in (5, 4, 3, 2, 1, 0)]  # nothing repeated or skipped
         more_events = served.walk("/api/v1/events", limit=2, cursor=events_first["next_cursor"])
         assert len(events_first["items"]) + len(more_events) == 6
+
+
+def test_a_query_past_its_deadline_is_cut_off_and_the_connection_stays_usable(
+    db_url: str,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from monitor.db import history
+
+    engine = make_engine(db_url)
+    endless = text(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    )
+    try:
+        with pytest.raises(OperationalError), history.reading(engine, timeout_s=0.2) as conn:
+            conn.execute(endless)
+        with history.reading(engine) as conn:  # the pooled connection has no deadline left over
+            assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()

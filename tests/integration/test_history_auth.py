@@ -84,6 +84,9 @@ def test_the_web_view_signs_in_with_a_cookie(sqlite_url: str) -> None:
         assert requests.get(api.base + "/ui/", timeout=10).status_code == 401
         wrong = requests.post(api.base + "/ui/login", data={"token": "nope"}, timeout=10)
         assert wrong.status_code == 401 and "not accepted" in wrong.text
+        fields = {f"f{i}": "x" for i in range(9)}
+        crowded = requests.post(api.base + "/ui/login", data=fields, timeout=10)
+        assert crowded.status_code == 401
         session = requests.Session()
         login = session.post(
             api.base + "/ui/login", data={"token": TOKEN}, timeout=10, allow_redirects=False

@@ -99,7 +99,7 @@ class Client:
         return found
 
 
-def api_and_web(engine: Engine, url: str, count: int, conferences: int) -> None:
+def api_and_web(engine: Engine, url: str, count: int) -> None:
     settings = load_settings(
         None,
         {
@@ -113,7 +113,9 @@ def api_and_web(engine: Engine, url: str, count: int, conferences: int) -> None:
     try:
         c = Client(f"http://127.0.0.1:{server.address[1]}")
         rnd = random.Random(5)
-        sids = [f"CF{rnd.randrange(conferences):032x}" for _ in range(count)]
+        with engine.connect() as conn:  # conferences that exist (retention may have run)
+            known = list(conn.execute(select(W.c.sid)).scalars())
+        sids = [rnd.choice(known) for _ in range(count)]
         deep_conf = c.cursors("/api/v1/conferences?limit=100", 300)
         deep_events = c.cursors("/api/v1/events?limit=100", 300)
         with engine.connect() as conn:
@@ -149,8 +151,10 @@ def poll_ticks(engine: Engine, seconds: float, stop: threading.Event | None = No
         active = conn.execute(
             select(W.c.sid, W.c.current_snapshot_id).where(W.c.status == "active").limit(500)
         ).all()
-    touch_s = update(S).where(S.c.id == bindparam("k")).values(
-        last_observed_at=bindparam("t"), observation_count=S.c.observation_count + 1
+    touch_s = (
+        update(S)
+        .where(S.c.id == bindparam("k"))
+        .values(last_observed_at=bindparam("t"), observation_count=S.c.observation_count + 1)
     )
     touch_w = update(W).where(W.c.sid == bindparam("k")).values(last_polled_at=bindparam("t"))
     took: list[float] = []
@@ -253,7 +257,7 @@ def main() -> None:
         counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
                   for t in ("watches", "events", "snapshots", "deliveries")}  # fmt: skip
     print(f"database {engine.url.render_as_string(hide_password=True)}: {counts}")
-    api_and_web(engine, args.url, args.requests, counts["watches"])
+    api_and_web(engine, args.url, args.requests)
     if not args.skip_retention:
         retention(engine, args.tick_seconds, args.days)
     engine.dispose()

@@ -21,7 +21,7 @@ from monitor.api import documents
 from monitor.api.auth import allowed
 from monitor.api.openapi import WATCH_STATUSES, document
 from monitor.api.params import BadRequest, Query, check_window, make_cursor, read_cursor, shown
-from monitor.config_schema import ApiSettings
+from monitor.config_schema import ApiSettings, Settings
 from monitor.db import history
 from monitor.db.outbox import STATUSES
 from monitor.domain import EVENT_TYPES, is_conference_sid
@@ -86,7 +86,10 @@ class HistoryApi:
         self.now: Clock = now or (lambda: datetime.now(UTC))
 
     def __call__(self, request: Request) -> Response:
-        if not is_authorized(request, self.settings()):
+        settings = self.settings()
+        if not settings.enabled:  # turned off by a reload: as if never served
+            return Response(HTTPStatus.NOT_FOUND, b"not found\n")
+        if not is_authorized(request, settings):
             return UNAUTHORIZED
         name = request.path.removeprefix(PREFIX)
         try:
@@ -198,7 +201,7 @@ def _redirect(location: str) -> Callable[[Request], Response]:
     return answer
 
 
-def register(server: HealthServer, engine: Engine, settings: Callable[[], Any]) -> None:
+def register(server: HealthServer, engine: Engine, settings: Callable[[], Settings]) -> None:
     """Serve the API and the web view on `server`; `settings()` gives the current Settings."""
     from monitor.web.pages import WebView
 

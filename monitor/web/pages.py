@@ -98,6 +98,8 @@ class WebView:
         )
 
     def _route(self, request: Request) -> Response:
+        if not self.settings().enabled:  # turned off by a reload: as if never served
+            return Response(HTTPStatus.NOT_FOUND, b"not found\n")
         name = request.path.removeprefix("/ui/")
         if name in ("login", "logout"):
             return self.login(request) if name == "login" else self.logout(request)

@@ -94,9 +94,7 @@ def test_a_running_daemon_serves_what_it_recorded(tmp_path: Path) -> None:
                 "the retention job to prune a conference from 500 days ago",
             )
             assert running.stop() == 0
-        failures = [
-            line for line in running.log_lines() if line.get("event") == "tick.failed"
-        ]
+        failures = [line for line in running.log_lines() if line.get("event") == "tick.failed"]
         assert failures == []
 
 

@@ -51,7 +51,9 @@ def _browser_paths() -> tuple[str, str] | None:
 def browser() -> Iterator[object]:
     paths = _browser_paths()
     if paths is None:
-        reason = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        reason = (
+            "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}; CI=true: the web view tests must run")
         pytest.skip(reason)
@@ -170,7 +172,9 @@ def test_conference_page_draws_the_timeline_to_scale(signed_in, site: Api) -> No
     page = signed_in.find_element(By.TAG_NAME, "main").text
     assert "conference-ended-via-api" in page and "CA" + f"{3:032x}" in page
     assert "lasted 13m" in page
-    deliveries = signed_in.find_elements(By.XPATH, "//h2[text()='Deliveries']/following-sibling::table[1]//tbody/tr")
+    deliveries = signed_in.find_elements(
+        By.XPATH, "//h2[text()='Deliveries']/following-sibling::table[1]//tbody/tr"
+    )
     assert len(deliveries) == 2 and all("204" in row.text for row in deliveries)
     shot = signed_in.find_element(By.ID, "timeline").screenshot_as_png
     init = colour_columns(shot, COLOURS["init"])

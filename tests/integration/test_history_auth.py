@@ -66,8 +66,13 @@ def test_a_disabled_api_is_not_served(sqlite_url: str) -> None:
 
 def test_tokens_from_a_file_and_a_reload_that_changes_them(sqlite_url: str, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
-    tokens.write_text(f"# ops\nsha256:{token_digest('second-token-abcdefgh')}\nthird-token-abcdefgh\n")
-    env = {"CONFERENCE_MONITOR_DATABASE_URL": sqlite_url, "CONFERENCE_MONITOR_API_TOKEN_FILE": str(tokens)}
+    tokens.write_text(
+        f"# ops\nsha256:{token_digest('second-token-abcdefgh')}\nthird-token-abcdefgh\n"
+    )
+    env = {
+        "CONFERENCE_MONITOR_DATABASE_URL": sqlite_url,
+        "CONFERENCE_MONITOR_API_TOKEN_FILE": str(tokens),
+    }
     current: list[Settings] = [load_settings(None, env)]
     with running(sqlite_url, settings=lambda: current[0]) as api:
         assert api.get("/api/v1/events", token="second-token-abcdefgh").status_code == 200
@@ -77,6 +82,9 @@ def test_tokens_from_a_file_and_a_reload_that_changes_them(sqlite_url: str, tmp_
         current[0] = load_settings(None, env)  # what a SIGHUP does
         assert api.get("/api/v1/events", token="second-token-abcdefgh").status_code == 401
         assert api.get("/api/v1/events", token="fourth-token-abcdefgh").status_code == 200
+        current[0] = load_settings(None, {**env, "CONFERENCE_MONITOR_API_ENABLED": "false"})
+        assert api.get("/api/v1/events", token="fourth-token-abcdefgh").status_code == 404
+        assert api.get("/ui/", token="fourth-token-abcdefgh").status_code == 404
 
 
 def test_the_web_view_signs_in_with_a_cookie(sqlite_url: str) -> None:

@@ -147,7 +147,9 @@ def test_zero_keeps_forever_and_disabled_does_nothing(engine: Engine) -> None:
 def test_a_retried_delivery_is_not_pruned(engine: Engine) -> None:
     made = {"month": finished(engine, 3, 40 * DAY)}
     with engine.begin() as conn:  # `deliveries retry` made it pending again, under our feet
-        conn.execute(update(D).where(D.c.id == made["month"].delivery_ids[0]).values(status="pending"))
+        conn.execute(
+            update(D).where(D.c.id == made["month"].delivery_ids[0]).values(status="pending")
+        )
     Retention(engine, lambda: POLICY, pause_s=0).run_once(NOW)
     assert history(engine)["deliveries"] == {made["month"].delivery_ids[0]}
 

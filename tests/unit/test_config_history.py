@@ -30,7 +30,7 @@ def test_digests_from_the_file_a_token_file_and_a_credential(tmp_path: Path) -> 
         f"""
         [api]
         allow_loopback = true
-        token_sha256 = ["{DIGEST}", "sha256:{'a' * 64}"]
+        token_sha256 = ["{DIGEST}", "sha256:{"a" * 64}"]
         token_file = "{tokens}"
         token_credential = "api_tokens"
         """,
@@ -113,7 +113,10 @@ def test_retention_ages(tmp_path: Path) -> None:
         3600.0,
     )
     assert (r.interval_s, r.batch_size) == (300.0, 50)
-    env = {"CONFERENCE_MONITOR_RETENTION_EVENTS": "30d", "CONFERENCE_MONITOR_RETENTION_ENABLED": "no"}
+    env = {
+        "CONFERENCE_MONITOR_RETENTION_EVENTS": "30d",
+        "CONFERENCE_MONITOR_RETENTION_ENABLED": "no",
+    }
     r = load_settings(path, env).retention
     assert r.events_s == 30 * 86400 and not r.enabled
 

@@ -203,9 +203,13 @@ def test_a_running_conference_runs_to_the_axis_end_and_tiny_phases_still_show() 
 
 def test_day_bars_are_clipped_to_the_day_and_skip_what_is_outside() -> None:
     day = (NOW.replace(hour=0), NOW.replace(hour=0) + timedelta(days=1))
-    yesterday = timeline.Phases(day[0] - timedelta(hours=3), None, day[0] - timedelta(hours=2), None)
+    yesterday = timeline.Phases(
+        day[0] - timedelta(hours=3), None, day[0] - timedelta(hours=2), None
+    )
     assert timeline.segments(yesterday, day) == []
-    overnight = timeline.Phases(day[0] - timedelta(hours=1), day[0] + timedelta(hours=6), None, None)
+    overnight = timeline.Phases(
+        day[0] - timedelta(hours=1), day[0] + timedelta(hours=6), None, None
+    )
     init, live = timeline.segments(overnight, day, running_until=day[0] + timedelta(hours=12))
     assert init.x == 0.0 and live.x == 250.0 and live.width == pytest.approx(250.0)
     never_seen = timeline.Phases(None, None, None, None)
@@ -228,8 +232,12 @@ def test_the_timeline_markers_are_where_the_monitor_saw_each_event() -> None:
 def test_snapshots_to_delete_keeps_first_last_current_and_what_events_point_at() -> None:
     old = NOW - timedelta(days=60)
     rows = [SnapshotRow(i, "CF1", old) for i in range(1, 6)] + [SnapshotRow(9, "CF2", old)]
-    finished = Conference(first_id=1, last_id=5, current_id=5, finished=True, referenced=frozenset({3}))
-    running = Conference(first_id=1, last_id=5, current_id=5, finished=False, referenced=frozenset({3}))
+    finished = Conference(
+        first_id=1, last_id=5, current_id=5, finished=True, referenced=frozenset({3})
+    )
+    running = Conference(
+        first_id=1, last_id=5, current_id=5, finished=False, referenced=frozenset({3})
+    )
     cut = NOW - timedelta(days=30)
     assert snapshots_to_delete(rows, {"CF1": finished}, cut, "snapshots") == [2, 3, 4]
     assert snapshots_to_delete(rows, {"CF1": running}, cut, "snapshots") == []

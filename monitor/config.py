@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monitor.api.auth import MAX_TOKEN_FILE_BYTES, parse_token_lines
 from monitor.config_notifiers import notifier_settings
 from monitor.config_schema import (
+    ASSEMBLED_KEYS,
     SECTIONS,
+    ApiSettings,
     ConfigError,
     DatabaseSettings,
     DispatchSettings,
@@ -30,19 +33,23 @@ from monitor.config_schema import (
     PollingSettings,
     Problems,
     RawValue,
+    RetentionSettings,
     Secret,
     SectionValues,
     Settings,
     TwilioSettings,
+    check_api,
     check_database,
     check_dispatch,
     check_http,
     check_logging,
     check_polling,
+    check_retention,
     check_twilio,
 )
 
 __all__ = [
+    "ApiSettings",
     "ConfigError",
     "DatabaseSettings",
     "DispatchSettings",
@@ -50,6 +57,7 @@ __all__ = [
     "LoggingSettings",
     "NotifierSettings",
     "PollingSettings",
+    "RetentionSettings",
     "Secret",
     "Settings",
     "TwilioSettings",
@@ -315,15 +323,22 @@ _SECTION_CHECKS = {
     "dispatch": check_dispatch,
     "http": check_http,
     "logging": check_logging,
+    "api": check_api,
+    "retention": check_retention,
 }
 
 
 def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | None) -> Settings:
     attrs: dict[str, dict[str, Any]] = {}
+    sections: dict[str, SectionValues] = {}
     for name, keys in SECTIONS.items():
         values = SectionValues(name, ctx.problems, ctx.origin((name,))).load(keys, raws[name])
+        sections[name] = values
         _SECTION_CHECKS[name](values)
         attrs[name] = values.attrs(keys)
+        for key in ASSEMBLED_KEYS.get(name, ()):
+            attrs[name].pop(keys[key].attr, None)
+    attrs["api"]["token_hashes"] = _token_hashes(sections["api"], ctx.environ)
     attrs["database"].setdefault("url", default_database_url(ctx.environ))
     return Settings(
         twilio=TwilioSettings(**attrs["twilio"]),
@@ -336,4 +351,43 @@ def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | No
         logging=LoggingSettings(**attrs["logging"]),
         notifiers=notifier_settings(notifiers, ctx),
         source=source,
+        api=ApiSettings(**attrs["api"]),
+        retention=RetentionSettings(**attrs["retention"]),
     )
+
+
+def _token_hashes(s: SectionValues, environ: Mapping[str, str]) -> frozenset[str]:
+    """API token digests from token_sha256, token_file and token_credential together."""
+    digests = {d.lower().removeprefix("sha256:") for d in s.get("token_sha256") or ()}
+    if s.get("token_file"):
+        digests |= _read_tokens(s, "token_file", Path(s.get("token_file")))
+    if (name := s.get("token_credential")) and "/" not in name:
+        folder = environ.get("CREDENTIALS_DIRECTORY")
+        if not folder:
+            s.problem("token_credential", "needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+        else:
+            digests |= _read_tokens(s, "token_credential", Path(folder) / name)
+    return frozenset(digests)
+
+
+def _read_tokens(s: SectionValues, key: str, path: Path) -> set[str]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+        text = data.decode("utf-8-sig")
+    except FileNotFoundError:
+        s.problem(key, f"token file {str(path)!r} does not exist")
+        return set()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
+        s.problem(key, f"cannot read token file {str(path)!r}: {why}")
+        return set()
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        s.problem(key, f"token file {str(path)!r} is larger than 1 MiB")
+        return set()
+    digests, problems = parse_token_lines(text)
+    for line, what in problems:
+        s.problem(key, f"{path}:{line}: {what}")
+    if not digests and not problems:
+        s.problem(key, f"token file {str(path)!r} holds no token")
+    return digests

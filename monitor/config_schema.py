@@ -210,6 +210,33 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The history API and web view on the [http] listener, and who may read them."""
+
+    enabled: bool = True
+    allow_loopback: bool = False  # loopback clients need no token (a local proxy is loopback too)
+    # sha256 hex digests of accepted bearer tokens: from `token_sha256`, `token_file`
+    # and `token_credential`, assembled by monitor.config. Never the tokens themselves.
+    token_hashes: frozenset[str] = field(default=frozenset(), repr=False)
+
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long history is kept; an age of 0 keeps that kind of row forever."""
+
+    enabled: bool = True
+    observations_s: float = 7 * DAY_S  # snapshots that recorded no status change
+    snapshots_s: float = 30 * DAY_S  # a finished conference's snapshots between first and last
+    events_s: float = 400 * DAY_S  # events, then whatever is left of the conference
+    deliveries_s: float = 30 * DAY_S  # finished deliveries and their attempts
+    interval_s: float = 600.0
+    batch_size: int = 200
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     format: str = "plain"  # plain | json
     level: str = "INFO"
@@ -256,6 +283,8 @@ class Settings:
     logging: LoggingSettings
     notifiers: tuple[NotifierSettings, ...] = ()
     source: Path | None = None  # the file it came from
+    api: ApiSettings = field(default_factory=ApiSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 class ConfigError(Exception):
@@ -330,7 +359,25 @@ SECTIONS: dict[str, dict[str, Key]] = {
     ),
     "http": _keys(listen=("opt_str", "listen")),
     "logging": _keys(format=("str", "format"), level=("str", "level")),
+    "api": _keys(
+        enabled=("bool", "enabled"),
+        allow_loopback=("bool", "allow_loopback"),
+        token_sha256=("list", "token_sha256"),
+        token_file=("opt_str", "token_file"),
+        token_credential=("opt_str", "token_credential"),
+    ),
+    "retention": _keys(
+        enabled=("bool", "enabled"),
+        observations=("duration", "observations_s"),
+        snapshots=("duration", "snapshots_s"),
+        events=("duration", "events_s"),
+        deliveries=("duration", "deliveries_s"),
+        interval=("duration", "interval_s"),
+        batch_size=("int", "batch_size"),
+    ),
 }
+# Keys read by monitor.config to build a setting, not copied into the dataclass.
+ASSEMBLED_KEYS = {"api": ("token_sha256", "token_file", "token_credential")}
 
 NOTIFIER_KEYS: dict[str, Key] = _keys(
     name=("str", "name"),
@@ -443,6 +490,8 @@ def _from_text(kind: Kind, text: str) -> Any:
         return parse_duration(text)
     if kind == "durations":
         return tuple(parse_duration(part) for part in text.split(",") if part.strip())
+    if kind == "list":  # from the environment: comma-separated
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind == "bool":
         if text.strip().lower() in _TRUE | _FALSE:
             return text.strip().lower() in _TRUE
@@ -664,3 +713,31 @@ def check_logging(s: SectionValues) -> None:
         s.values["level"] = level = s.values["level"].upper()
         if level not in _LEVELS:
             s.problem("level", f"must be one of {', '.join(_LEVELS)} (got {level!r})")
+
+
+SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+MIN_RETENTION_S = 3600.0
+
+
+def check_api(s: SectionValues) -> None:
+    for i, digest in enumerate(s.get("token_sha256", ())):
+        if not SHA256_HEX_RE.match(digest.lower().removeprefix("sha256:")):
+            s.problem(
+                "token_sha256",
+                f"entry {i + 1} is not a sha256 hex digest (64 hex digits; "
+                'make one with: printf %s "$TOKEN" | sha256sum)',
+            )
+    credential = s.get("token_credential")
+    if credential is not None and ("/" in credential or credential in (".", "..")):
+        s.problem("token_credential", "must be a plain file name in $CREDENTIALS_DIRECTORY")
+
+
+def check_retention(s: SectionValues) -> None:
+    for key in ("observations", "snapshots", "events", "deliveries"):
+        age = s.get(key)
+        if age is not None and 0 < age < MIN_RETENTION_S:
+            s.problem(key, f"must be 0 (keep forever) or at least 1h (got {format_duration(age)})")
+    if s.get("interval", 60.0) < 1.0:
+        s.problem("interval", "must be at least 1s")
+    if not 1 <= (size := s.get("batch_size", 1)) <= 10_000:
+        s.problem("batch_size", f"must be between 1 and 10000 (got {size})")

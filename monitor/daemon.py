@@ -29,6 +29,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
+from monitor.api.routes import register as register_history
 from monitor.app import (
     App,
     build_notifiers,
@@ -42,6 +43,7 @@ from monitor.httpapi import HealthServer
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.outcomes import PollPolicy
+from monitor.retention import maintenance_job
 from monitor.sdnotify import SystemdNotifier
 from monitor.service import ConferenceSource
 from monitor.touches import FLUSH_EVERY_S
@@ -277,6 +279,9 @@ class Daemon:
         dispatch_s = self.app.settings.dispatch.interval_s
         add(self._guard(self.dispatch_tick), "interval", seconds=dispatch_s, id="dispatch")
         add(self._guard(self._refresh_status), "interval", seconds=MAINTENANCE_TICK_S, id="status")
+        prune = maintenance_job(self.app, self.stop_requested.is_set)
+        every = self.app.settings.retention.interval_s
+        add(self._guard(prune), "interval", seconds=every, id="retention")
         watchdog_s = self.sd.watchdog_interval_s()
         if watchdog_s:
             add(self.watchdog_tick, "interval", seconds=watchdog_s, id="watchdog")
@@ -450,6 +455,7 @@ class Daemon:
         listen = self.app.settings.http.listen
         if listen:
             self.http = HealthServer(listen, self.app.metrics, self.readiness)
+            register_history(self.http, self.app.engine, lambda: self.app.settings)
             self.app.metrics.set_refresher(self._refresh_status)
             self.http.start()
             host, port = self.http.address

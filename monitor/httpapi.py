@@ -1,17 +1,18 @@
 """The daemon's HTTP listener: /healthz, /readyz and /metrics, plus routes others register.
 
-It runs on the standard library's threading server in a daemon thread, so a
-slow scrape or a stuck readiness check never blocks polling, and the process
-can exit without waiting on it. Features that need HTTP (status callbacks, the
-history API) register a `Route` with `add_route` before `start()`; a route sees
-a `Request` (body already read, within its size cap) and returns a `Response`.
+It runs on a bounded listener (monitor/httppool.py: one selector thread, a
+fixed pool of daemon worker threads, a connection cap), so a slow scrape, a
+stuck readiness check or a flood of idle connections never blocks polling or
+grows the thread count, and the process can exit without waiting on it.
+Features that need HTTP (status callbacks, the history API) register a
+`Route` with `add_route` before `start()`; a route sees a `Request` (body
+already read, within its size cap) and returns a `Response`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import socket
-import socketserver
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -19,18 +20,26 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from monitor.httppool import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_WORKERS,
+    HEADER_TIMEOUT_S,
+    BoundedListener,
+    Connection,
+)
 from monitor.metrics import Metrics
 
 logger = logging.getLogger("monitor.http")
 
 Readiness = Callable[[], tuple[bool, str]]
 READINESS_TIMEOUT_S = 2.0
-# A client that connects and then says nothing must not hold a thread forever.
+# The longest a reply may take to reach a client that reads slowly.
 CLIENT_TIMEOUT_S = 10.0
 # The serving loop checks for stop() this often; stop() waits up to this long.
 SHUTDOWN_POLL_S = 0.5
@@ -123,28 +132,21 @@ class _SingleFlight:
             return False, f"readiness check failed: {str(exc) or type(exc).__name__}"
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], api: HealthServer) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.api = api
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer's own server_bind does a reverse DNS lookup (getfqdn) for a
-        # name nothing here reads; without DNS that can stall the daemon's start.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    """Parses and answers one request whose head the listener has already read."""
+
     server_version = "conference-monitor"
     sys_version = ""  # do not advertise the Python version
-    timeout = CLIENT_TIMEOUT_S
+
+    def __init__(self, conn: Connection, reader: io.BufferedIOBase, api: HealthServer) -> None:
+        self._reader = reader
+        self.api = api
+        super().__init__(conn.sock, conn.address, None)  # type: ignore[arg-type]
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = self._reader
+        self.wfile = self.connection.makefile("wb")
 
     def do_GET(self) -> None:
         self._respond()
@@ -152,12 +154,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._respond()
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (POST, TRACE, QUERY...) goes to the route, which answers 405
+        # with Allow when it does not take it: a client learns what to use, never 501.
+        if name.startswith("do_") and name[3:].isalpha() and name[3:].isupper():
+            return self._respond
+        raise AttributeError(name)
 
     def _respond(self) -> None:
         send_body = self.command != "HEAD"
         path = urlsplit(self.path).path
-        route = self.server.api.find_route(path)
+        route = self.api.find_route(path)
         if route is None:
             self._send(HTTPStatus.NOT_FOUND, TEXT, b"not found\n", send_body)
             return
@@ -223,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         allow: str = "",
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self.connection.settimeout(CLIENT_TIMEOUT_S)  # a client that never reads cannot hold us
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -252,12 +260,17 @@ class HealthServer:
         *,
         readiness_timeout_s: float = READINESS_TIMEOUT_S,
         shutdown_poll_s: float = SHUTDOWN_POLL_S,
+        workers: int = DEFAULT_WORKERS,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
     ) -> None:
         self._bind = parse_listen(listen)
         self._shutdown_poll_s = shutdown_poll_s
+        self._workers, self._max_connections = workers, max_connections
+        self._header_timeout_s = header_timeout_s
         self._metrics = metrics
         self._readiness = _SingleFlight(readiness, readiness_timeout_s)
-        self._server: _Server | None = None
+        self._server: BoundedListener | None = None
         self._thread: threading.Thread | None = None
         self._routes: list[Route] = [
             Route("/healthz", lambda _r: Response(HTTPStatus.OK, b"ok\n")),
@@ -286,15 +299,22 @@ class HealthServer:
         """Bind now, so a taken port fails the daemon's start, then serve in a thread."""
         if self._server is not None:
             raise RuntimeError("HealthServer is already started")
-        self._server = _Server(self._bind, self)
+        self._server = BoundedListener(
+            self._bind,
+            self._serve,
+            workers=self._workers,
+            max_connections=self._max_connections,
+            header_timeout_s=self._header_timeout_s,
+            poll_s=self._shutdown_poll_s,
+        )
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            args=(self._shutdown_poll_s,),
-            name="monitor-http",
-            daemon=True,
+            target=self._server.serve_forever, name="monitor-http", daemon=True
         )
         self._thread.start()
         logger.debug("listening on %s:%d", *self.address, extra={"event": "http.listening"})
+
+    def _serve(self, conn: Connection, reader: io.BufferedIOBase) -> None:
+        _Handler(conn, reader, self)
 
     def stop(self) -> None:
         """Stop accepting, close the socket and wait for the serving loop to end."""
@@ -303,9 +323,9 @@ class HealthServer:
         if server is None:
             return
         server.shutdown()
-        server.server_close()
         if thread is not None:
             thread.join()
+        server.server_close()
 
     def route(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of `path` (kept for direct callers)."""

@@ -12,7 +12,9 @@ from monitor.cli.base import (
     EXIT_FAILURE,
     EXIT_OK,
     Command,
+    UsageError,
     account_for,
+    add_json,
     add_limit,
     add_table_options,
     check_sids,
@@ -206,6 +208,27 @@ def _events_arguments(parser: argparse.ArgumentParser) -> None:
     add_table_options(parser)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings, _env: Mapping[str, str]) -> int:
+    from monitor import report
+
+    now = datetime.now(UTC)
+    since, until = parse_when(args.since, now), parse_when(args.until, now) or now
+    if since is None or since >= until:
+        raise UsageError("--since must be earlier than --until")
+    with opened(settings) as app:
+        doc = report.summary(app.engine, since, until)
+    print(json.dumps(doc, separators=(",", ":")) if args.json else report.render(doc))
+    return EXIT_OK
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since", default="7d", help="ISO-8601 time or a duration ago (default: %(default)s)"
+    )
+    parser.add_argument("--until", help="ISO-8601 time or a duration ago (default: now)")
+    add_json(parser, "the report as one JSON object")
+
+
 COMMANDS = (
     Command(
         "poll",
@@ -236,5 +259,15 @@ COMMANDS = (
         _events_arguments,
         description="Transitions across conferences, newest first. With --json, each "
         "line is the event's notification document with its id.",
+    ),
+    Command(
+        "report",
+        cmd_report,
+        "starts, ends, end reasons, durations and failures over a window",
+        ("conference-monitor report", "conference-monitor report --since 30d --json"),
+        _report_arguments,
+        description="Conferences started and ended, the end reasons, duration p50/p95/max, "
+        "the longest conferences, not-found and auth failures; the same numbers as "
+        "/api/v1/summary.",
     ),
 )

@@ -100,6 +100,10 @@ class Watch(Base):
     __table_args__ = (
         Index(None, "status", "mode", "next_poll_at"),
         Index(None, "account_sid", "status", "mode"),
+        # History paging (newest first, keyset) and the day view; see migration 0004.
+        Index(None, "created_at", "sid"),
+        Index(None, "status", "created_at", "sid"),
+        Index(None, "label", "created_at", "sid"),
     )
 
 
@@ -125,7 +129,10 @@ class Snapshot(Base):
     last_observed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     observation_count: Mapped[int] = mapped_column(Integer, default=1)
 
-    __table_args__ = (Index(None, "conference_sid", "id"),)
+    __table_args__ = (
+        Index(None, "conference_sid", "id"),
+        Index(None, "first_observed_at", "id"),  # retention walks snapshots oldest first
+    )
 
 
 class Event(Base):
@@ -147,9 +154,10 @@ class Event(Base):
     body: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (
-        Index(None, "occurred_at"),
+        Index(None, "occurred_at", "id"),  # keyset paging and retention
         Index(None, "conference_sid", "occurred_at"),
-        Index(None, "type", "occurred_at"),
+        Index(None, "type", "occurred_at", "id"),
+        Index(None, "snapshot_id"),  # deleting a snapshot must not scan events
         # The last line of "never twice": one started and one ended per conference,
         # whatever races the code loses.
         Index(
@@ -187,6 +195,8 @@ class Delivery(Base):
         UniqueConstraint("event_id", "notifier"),
         Index(None, "status", "next_attempt_at"),
         Index(None, "notifier", "conference_sid", "status"),
+        Index(None, "status", "id"),  # the API's listing by status, newest first
+        Index(None, "created_at", "id"),  # retention walks deliveries oldest first
     )
 
 

@@ -96,7 +96,7 @@ class _restored_logging:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     folder = tmp_path_factory.mktemp("output")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(simulator_state, "_check_status", lambda *_args: None)
+        patch.setattr(simulator_state, "check_status", lambda *_args: None)
         with SimulatorServer() as sim, SimulatorControl(sim.url) as ctl:
             config = write_config(
                 folder,
@@ -236,7 +236,7 @@ def test_json_on_check_and_deliveries_retry(world: World) -> None:
     code, out, _ = world.run("check", "--json")
     assert code == 0
     checks = json_lines(out)
-    assert [c["check"] for c in checks] == ["config", "database", "twilio"]
+    assert [c["check"] for c in checks] == ["config", "notifier", "database", "twilio"]
     assert {c["status"] for c in checks} == {"ok"}
     code, out, _ = world.run("deliveries", "retry", "7", "--json")
     assert code == 1 and json_lines(out) == [{"id": 7, "result": "unchanged"}]

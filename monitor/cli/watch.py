@@ -103,6 +103,9 @@ def cmd_watch_add(args: argparse.Namespace, settings: Settings, _env: Mapping[st
             account,
             args.label or None,
             datetime.now(UTC),
+            # With list sweeps, the next sweep observes new watches (thousands in a few
+            # list calls); those it does not list are then fetched one by one.
+            mode="list" if settings.polling.use_list else "fetch",
             relabel=args.label is not None,
             progress=Progress(len(sids), sys.stderr),
         )

@@ -220,6 +220,7 @@ def main() -> int:
     parser.add_argument("--pg", help="PostgreSQL admin URL (a scratch database is made)")
     parser.add_argument("--ending", type=float, default=0.0, help="%% ending per interval")
     parser.add_argument("--first-pass-timeout", type=float, default=900.0)
+    parser.add_argument("--profile", help="write a py-spy flame graph of daemon 0 here (SVG)")
     args = parser.parse_args()
     interval = parse_duration(args.interval)
     folder = Path(tempfile.mkdtemp(prefix="cm-scale-"))
@@ -263,7 +264,10 @@ def main() -> int:
             time.sleep(1)
         print(f"first pass in {time.monotonic() - first:.1f}s; measuring ...", flush=True)
         time.sleep(interval)  # let the pass that follows the first settle
+        spy = _profile(args, daemons[0][0].pid, interval)
         report = _measure(args, ctl, daemons, sids, interval)
+        if spy is not None:
+            spy.wait(timeout=60)
         if args.ending:
             time.sleep(interval + 3)
             report["latency"] = _latencies(ctl, db_url, receipts, report.pop("ended_sids"))
@@ -286,6 +290,21 @@ def main() -> int:
             admin.dispose()
         shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _profile(
+    args: argparse.Namespace, pid: int, interval: float
+) -> subprocess.Popen[bytes] | None:
+    if not args.profile:
+        return None
+    seconds = str(int(interval * args.intervals))
+    return subprocess.Popen(
+        [shutil.which("py-spy") or "py-spy", "record", "-p", str(pid), "-d", seconds,
+         "-o", args.profile, "--nonblocking", "-f",
+         "raw" if args.profile.endswith(".txt") else "flamegraph"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _wait_up(ctl: SimulatorControl) -> None:
@@ -324,6 +343,7 @@ def _measure(
     lists0 = ctl.stats()["by_kind"].get("list", 0)
     alive = list(sids)
     for _ in range(args.intervals):
+        alive_at_start = alive
         if args.ending:
             n = max(1, int(len(sids) * args.ending / 100))
             ending = random.sample(alive, n)
@@ -344,7 +364,7 @@ def _measure(
         time.sleep(interval)
         seen = sum(observed(metrics(port)) for _, port in daemons)
         lists = ctl.stats()["by_kind"].get("list", 0)
-        shares.append((seen - seen0) / len(sids))
+        shares.append((seen - seen0) / len(alive_at_start))
         list_calls.append(lists - lists0)
         seen0, lists0 = seen, lists
     cpu = sum(cpu_seconds(p.pid) for p, _ in daemons) - cpu0

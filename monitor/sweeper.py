@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from monitor.db.store import Batch, Store
-from monitor.db.sweeps import SweepStore
+from monitor.db.sweeps import SweepState, SweepStore
 from monitor.domain import fingerprint
 from monitor.fetcher import ConferenceSource, owner_id
 from monitor.recorder import PollReport, Recorder
@@ -97,16 +97,19 @@ class Sweeper:
     def sweep(self, account: str, stop: threading.Event | None = None) -> SweepReport:
         report = SweepReport(account)
         started = time.monotonic()
-        responsible = self.sweeps.list_mode_sids(account) if self.use_list else set()
-        if not responsible and not self.discover and not self.sweeps.has_active(account):
+        known = self.sweeps.active_states(account)
+        if not known and not self.discover:
             self.sweeps.finish(
                 account, self.owner, utcnow(), listed=0, missing=0, pages=0, error=None
             )
             return report
+        responsible = (
+            {s for s, st in known.items() if st.mode == "list"} if self.use_list else set()
+        )
         seen: set[str] = set()
         try:
             for status in LISTED_STATUSES:
-                self._list(account, status, seen, report, stop)
+                self._list(account, status, known, seen, report, stop)
         except SweepAborted as exc:
             report.error = str(exc)
         except Exception as exc:  # Twilio refused or failed: fetches cover until it works
@@ -137,6 +140,7 @@ class Sweeper:
         self,
         account: str,
         status: str,
+        known: dict[str, SweepState],
         seen: set[str],
         report: SweepReport,
         stop: threading.Event | None,
@@ -144,7 +148,7 @@ class Sweeper:
         requested_at = utcnow()
         for page in self.source.list_conference_pages(status=status, account_sid=account):
             report.pages += 1
-            self._apply(account, page, requested_at, seen, report)
+            self._apply(account, page, requested_at, known, seen, report)
             if stop is not None and stop.is_set():
                 raise SweepAborted("stopping")
             if not self.sweeps.renew(account, self.owner, utcnow(), self.lease_s):
@@ -156,6 +160,7 @@ class Sweeper:
         account: str,
         page: ConferencePage,
         requested_at: datetime,
+        states: dict[str, SweepState],
         seen: set[str],
         report: SweepReport,
     ) -> None:
@@ -169,31 +174,31 @@ class Sweeper:
             listed[sid] = (item, fingerprint(item))
         report.listed += len(listed)
         self.recorder.metrics.observed("list", len(listed))
-        states = self.sweeps.states(list(listed))
-        batch, changed = Batch(), []
-        epoch = requested_at.timestamp()
+        batch, changed, touched = Batch(), [], []
+        # While sweeps keep failing, fetches own the watches; else the sweep takes them.
+        stale = account in self.stale_accounts
         for sid, (_item, digest) in listed.items():
             state = states.get(sid)
             if state is None:
                 if self.discover:
                     changed.append(sid)
-            elif state.status != "active" or not self.use_list:
+            elif not self.use_list:
                 continue
             elif state.current_hash == digest and state.current_snapshot_id is not None:
-                seen.add(sid)
-                self.recorder.touches.add(state.current_snapshot_id, sid, epoch)
-                # While sweeps keep failing, fetches own the watch; else the sweep takes it.
-                target = state.mode if account in self.stale_accounts else "list"
+                touched.append((state.current_snapshot_id, sid))
+                target = state.mode if stale else "list"
                 if state.consecutive_errors or state.mode != target:
                     batch.seen[sid] = target
             else:
                 changed.append(sid)
+        seen.update(sid for _, sid in touched)
+        self.recorder.touches.add_many(touched, requested_at.timestamp())
         changed, added = self._discovered(account, changed, states, report)
         self._add_changes(account, batch, changed, added, listed, requested_at, seen, report)
         self.recorder.commit(batch, PollReport())
 
     def _discovered(
-        self, account: str, changed: list[str], states: dict, report: SweepReport
+        self, account: str, changed: list[str], states: dict[str, SweepState], report: SweepReport
     ) -> tuple[list[str], set[str]]:
         """Watch unwatched conferences the lists show (`polling.discover`)."""
         unknown = [sid for sid in changed if sid not in states]

@@ -42,6 +42,18 @@ class TouchBuffer:
                 entry.seen = max(entry.seen, seen_epoch)
                 entry.count += 1
 
+    def add_many(self, touched: list[tuple[int, str]], seen_epoch: float) -> None:
+        """(snapshot id, sid) pairs seen unchanged at one time, e.g. one list page."""
+        pending = self._pending
+        with self._lock:
+            for snapshot_id, sid in touched:
+                entry = pending.get(snapshot_id)
+                if entry is None:
+                    pending[snapshot_id] = _Pending(sid, seen_epoch, 1)
+                else:
+                    entry.seen = max(entry.seen, seen_epoch)
+                    entry.count += 1
+
     def take(self) -> list[Touch]:
         """Everything pending, now owned by the caller (`put_back` if writing fails).
 

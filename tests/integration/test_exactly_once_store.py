@@ -62,12 +62,13 @@ def test_watches_missing_from_the_lists_go_back_to_fetching(engine: Engine) -> N
     store = Store(engine)
     sweeps = SweepStore(store)
     store.add_watches([sid(1), sid(2), sid(3)], ACCOUNT, None, T0, mode="list")
-    assert sweeps.list_mode_sids(ACCOUNT) == {sid(1), sid(2), sid(3)}
+    modes = {s: st.mode for s, st in sweeps.active_states(ACCOUNT).items()}
+    assert modes == dict.fromkeys([sid(1), sid(2), sid(3)], "list")
     assert sweeps.hand_to_fetch([sid(2)], T0 + timedelta(seconds=5)) == 1
     due = store.claim_due_watches(T0 + timedelta(seconds=5), 10, 1.0, 0.0, fetch_mode_only=True)
     assert [w.sid for w in due] == [sid(2)]
     assert sweeps.hand_account_to_fetch(ACCOUNT, T0) == 2
-    assert sweeps.list_mode_sids(ACCOUNT) == set()
+    assert {st.mode for st in sweeps.active_states(ACCOUNT).values()} == {"fetch"}
 
 
 def test_bulk_add_is_linear_and_reports_what_it_added(engine: Engine) -> None:

@@ -131,7 +131,9 @@ def database(args: argparse.Namespace, folder: Path) -> tuple[str, str | None]:
     return make_url(args.pg).set(database=name).render_as_string(hide_password=False), name
 
 
-def write_config(folder: Path, sim_url: str, db_url: str, args: argparse.Namespace, hook: str) -> Path:
+def write_config(
+    folder: Path, sim_url: str, db_url: str, args: argparse.Namespace, hook: str
+) -> Path:
     path = folder / "bench.toml"
     notifier = (
         f'\n[[notifiers]]\nname = "hook"\ntype = "webhook"\nurl = "{hook}"\nsecret = "{SECRET}"\n'
@@ -193,7 +195,9 @@ def ended_events(db_url: str) -> dict[str, float]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(
-                text("SELECT conference_sid, occurred_at FROM events WHERE type = 'conference.ended'")
+                text(
+                    "SELECT conference_sid, occurred_at FROM events WHERE type = 'conference.ended'"
+                )
             ).all()
     finally:
         engine.dispose()
@@ -292,16 +296,24 @@ def main() -> int:
     return 0
 
 
-def _profile(
-    args: argparse.Namespace, pid: int, interval: float
-) -> subprocess.Popen[bytes] | None:
+def _profile(args: argparse.Namespace, pid: int, interval: float) -> subprocess.Popen[bytes] | None:
     if not args.profile:
         return None
     seconds = str(int(interval * args.intervals))
     return subprocess.Popen(
-        [shutil.which("py-spy") or "py-spy", "record", "-p", str(pid), "-d", seconds,
-         "-o", args.profile, "--nonblocking", "-f",
-         "raw" if args.profile.endswith(".txt") else "flamegraph"],
+        [
+            shutil.which("py-spy") or "py-spy",
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            seconds,
+            "-o",
+            args.profile,
+            "--nonblocking",
+            "-f",
+            "raw" if args.profile.endswith(".txt") else "flamegraph",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -336,7 +348,7 @@ def _measure(
     sids: list[str],
     interval: float,
 ) -> dict[str, Any]:
-    shares, list_calls, ended_sids = [], [], []
+    shares, list_calls, ended_sids, sweeps = [], [], [], []
     cpu0 = sum(cpu_seconds(p.pid) for p, _ in daemons)
     t0 = time.monotonic()
     seen0 = sum(observed(metrics(port)) for _, port in daemons)
@@ -362,7 +374,9 @@ def _measure(
                 }
             )
         time.sleep(interval)
-        seen = sum(observed(metrics(port)) for _, port in daemons)
+        samples = [metrics(port) for _, port in daemons]
+        seen = sum(observed(m) for m in samples)
+        sweeps.append(_sweep_stats(samples))
         lists = ctl.stats()["by_kind"].get("list", 0)
         shares.append((seen - seen0) / len(alive_at_start))
         list_calls.append(lists - lists0)
@@ -376,7 +390,15 @@ def _measure(
         "cpu_share": cpu / elapsed,
         "rss": [rss_mb(p.pid) for p, _ in daemons],
         "ended_sids": ended_sids,
+        "sweeps": sweeps,
     }
+
+
+def _sweep_stats(samples: list[dict[str, float]]) -> tuple[float, float]:
+    """(sweeps finished so far, their total seconds), over all daemons."""
+    count = sum(m.get("conference_monitor_sweep_duration_seconds_count", 0.0) for m in samples)
+    total = sum(m.get("conference_monitor_sweep_duration_seconds_sum", 0.0) for m in samples)
+    return count, total
 
 
 def _latencies(
@@ -401,6 +423,14 @@ def _print(args: argparse.Namespace, r: dict[str, Any]) -> None:
     print(f"\n{n} conferences, interval {args.interval}, {args.instances} daemon(s), {db}")
     shares = ", ".join(f"{s * 100:.1f}%" for s in r["shares"])
     print(f"observed per interval     {shares}  (min {min(r['shares']) * 100:.1f}%)")
+    counts = [c for c, _ in r["sweeps"]]
+    totals = [t for _, t in r["sweeps"]]
+    done = [b - a for a, b in zip(counts, counts[1:], strict=False)]
+    spent = [b - a for a, b in zip(totals, totals[1:], strict=False)]
+    per = ", ".join(
+        f"{d:.0f} ({t / d:.1f}s each)" if d else "0" for d, t in zip(done, spent, strict=True)
+    )
+    print(f"sweeps per interval       {per}")
     budget = 2 * math.ceil(n / 1000) + 2
     print(f"list calls per interval   {r['list_calls']}  (budget {budget})")
     print(

@@ -128,9 +128,11 @@ class Recorder:
             )
             return
         assert watch.current_snapshot_id is not None
-        self.touches.add(watch.current_snapshot_id, watch.sid, requested_at.timestamp())
+        self.touches.add(watch.current_snapshot_id, requested_at.timestamp())
         mode = "list" if use_list and conference.status in outcomes.ACTIVE_STATUSES else "fetch"
-        if batch.owner is not None or mode != watch.mode or watch.consecutive_errors:
+        # A fetch writes its watch row anyway (the lease, the last poll time); a sweep
+        # only when something besides the counts must change.
+        if via == "poll" or mode != watch.mode or watch.consecutive_errors:
             batch.seen[watch.sid] = mode
 
     def commit(self, batch: Batch, report: PollReport | None = None) -> BatchResult:

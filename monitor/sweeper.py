@@ -185,13 +185,13 @@ class Sweeper:
             elif not self.use_list:
                 continue
             elif state.current_hash == digest and state.current_snapshot_id is not None:
-                touched.append((state.current_snapshot_id, sid))
+                touched.append(state.current_snapshot_id)
+                seen.add(sid)
                 target = state.mode if stale else "list"
                 if state.consecutive_errors or state.mode != target:
                     batch.seen[sid] = target
             else:
                 changed.append(sid)
-        seen.update(sid for _, sid in touched)
         self.recorder.touches.add_many(touched, requested_at.timestamp())
         changed, added = self._discovered(account, changed, states, report)
         self._add_changes(account, batch, changed, added, listed, requested_at, seen, report)

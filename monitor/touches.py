@@ -11,6 +11,7 @@ most a minute of those counts, never a transition.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,6 @@ FLUSH_EVERY_S = 60.0
 
 @dataclass(slots=True)
 class _Pending:
-    sid: str
     seen: float  # epoch seconds: a float is a third of a datetime's memory
     count: int
 
@@ -33,23 +33,17 @@ class TouchBuffer:
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}  # by snapshot id
 
-    def add(self, snapshot_id: int, sid: str, seen_epoch: float) -> None:
-        with self._lock:
-            entry = self._pending.get(snapshot_id)
-            if entry is None:
-                self._pending[snapshot_id] = _Pending(sid, seen_epoch, 1)
-            else:
-                entry.seen = max(entry.seen, seen_epoch)
-                entry.count += 1
+    def add(self, snapshot_id: int, seen_epoch: float) -> None:
+        self.add_many((snapshot_id,), seen_epoch)
 
-    def add_many(self, touched: list[tuple[int, str]], seen_epoch: float) -> None:
-        """(snapshot id, sid) pairs seen unchanged at one time, e.g. one list page."""
+    def add_many(self, snapshot_ids: Iterable[int], seen_epoch: float) -> None:
+        """Snapshots seen unchanged at one time (one fetch, or one list page)."""
         pending = self._pending
         with self._lock:
-            for snapshot_id, sid in touched:
+            for snapshot_id in snapshot_ids:
                 entry = pending.get(snapshot_id)
                 if entry is None:
-                    pending[snapshot_id] = _Pending(sid, seen_epoch, 1)
+                    pending[snapshot_id] = _Pending(seen_epoch, 1)
                 else:
                     entry.seen = max(entry.seen, seen_epoch)
                     entry.count += 1
@@ -63,14 +57,13 @@ class TouchBuffer:
         with self._lock:
             taken, self._pending = self._pending, {}
         return [
-            Touch(key, p.sid, datetime.fromtimestamp(p.seen, UTC), p.count)
-            for key, p in taken.items()
+            Touch(key, datetime.fromtimestamp(p.seen, UTC), p.count) for key, p in taken.items()
         ]
 
     def put_back(self, touches: list[Touch]) -> None:
         with self._lock:
             for t in touches:
-                entry = self._pending.setdefault(t.snapshot_id, _Pending(t.sid, 0.0, 0))
+                entry = self._pending.setdefault(t.snapshot_id, _Pending(0.0, 0))
                 entry.seen = max(entry.seen, t.last_seen.timestamp())
                 entry.count += t.count
 

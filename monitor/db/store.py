@@ -133,7 +133,6 @@ class Touch:
     """Unchanged observations of one snapshot, written together (see `TouchBuffer`)."""
 
     snapshot_id: int
-    sid: str
     last_seen: datetime
     count: int
 
@@ -473,30 +472,33 @@ class Store:
             return self._write_events(conn, events)
 
     def flush_touches(self, touches: Sequence[Touch]) -> None:
-        """Move last-seen times and observation counts of unchanged snapshots forward."""
+        """Move last-seen times and observation counts of unchanged snapshots forward.
+
+        Touches come in large groups sharing one time and count (one list page,
+        a minute of sweeps), so each group is a few `WHERE id IN (...)` updates
+        rather than a statement per row. Short transactions: SQLite's write lock
+        is never held long.
+        """
+        groups: dict[tuple[datetime, int], list[int]] = {}
+        for t in touches:
+            groups.setdefault((t.last_seen, t.count), []).append(t.snapshot_id)
         later = case(
             (S.c.last_observed_at < bindparam("t"), bindparam("t")), else_=S.c.last_observed_at
         )
-        polled = case(
-            (W.c.last_polled_at.is_(None), bindparam("t")),
-            (W.c.last_polled_at < bindparam("t"), bindparam("t")),
-            else_=W.c.last_polled_at,
-        )
-        for part in chunks(touches, 2000):  # short transactions: never hold SQLite's lock long
+        statements = [
+            (seen, count, part) for (seen, count), ids in groups.items() for part in chunks(ids)
+        ]
+        for batch in chunks(statements, 8):
             with self.writing() as conn:
-                conn.execute(
-                    update(S)
-                    .where(S.c.id == bindparam("k"))
-                    .values(
-                        last_observed_at=later,
-                        observation_count=S.c.observation_count + bindparam("n"),
-                    ),
-                    [{"k": t.snapshot_id, "t": t.last_seen, "n": t.count} for t in part],
-                )
-                conn.execute(
-                    update(W).where(W.c.sid == bindparam("k")).values(last_polled_at=polled),
-                    [{"k": t.sid, "t": t.last_seen} for t in part],
-                )
+                for seen, count, part in batch:
+                    conn.execute(
+                        update(S)
+                        .where(S.c.id.in_(part))
+                        .values(
+                            last_observed_at=later, observation_count=S.c.observation_count + count
+                        ),
+                        {"t": seen},
+                    )
 
     def failing_accounts(self) -> set[str]:
         with self.read() as conn:

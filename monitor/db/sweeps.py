@@ -9,16 +9,15 @@ time; watches the lists no longer show are handed back to one-by-one fetching.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 
 from monitor.db.store import SWEEPS, Store, W, chunks
 
 
-@dataclass(frozen=True)
-class SweepState:
+class SweepState(NamedTuple):
     """The few columns a sweep compares for each listed conference (of an active watch)."""
 
     sid: str
@@ -131,21 +130,26 @@ class SweepStore:
     def active_states(self, account_sid: str) -> dict[str, SweepState]:
         """Every active watch of the account, read once before the account is listed.
 
-        One query for the whole sweep (about a microsecond a watch) instead of one
-        per page: pages then cost dictionary lookups. A watch recorded meanwhile by
-        a fetch or callback is protected by the compare-and-set when written.
+        One query for the whole sweep instead of one per page, so a page costs
+        dictionary lookups; a watch recorded meanwhile by a fetch or a callback is
+        protected by the compare-and-set when written. It reads 100,000 rows every
+        interval, so it goes straight to the driver's cursor (a third of the cost
+        of building SQLAlchemy rows).
         """
-        columns = (
-            W.c.sid,
-            W.c.version,
-            W.c.current_hash,
-            W.c.current_snapshot_id,
-            W.c.mode,
-            W.c.consecutive_errors,
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            "SELECT sid, version, current_hash, current_snapshot_id, mode, consecutive_errors"
+            f" FROM watches WHERE account_sid = {mark} AND status = 'active'"
         )
-        query = select(*columns).where(W.c.account_sid == account_sid, W.c.status == "active")
         with self.store.read() as conn:
-            return {row[0]: SweepState(*row) for row in conn.execute(query).all()}
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (account_sid,))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+        make = SweepState._make
+        return {row[0]: make(row) for row in rows}
 
     def hand_to_fetch(self, sids: Sequence[str], now: datetime) -> int:
         """Watches the lists did not show: fetch each of them now (ended, or not listed yet)."""

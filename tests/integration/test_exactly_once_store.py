@@ -111,3 +111,25 @@ def test_migration_keeps_pre_existing_duplicate_transitions_as_history(db_url: s
         }
     finally:
         engine.dispose()
+
+
+def test_two_upgrades_at_once_migrate_once(pg_url: str) -> None:
+    """Instances starting together (ExecStartPre=db upgrade on each) take turns."""
+    import subprocess
+    import sys
+
+    code = "import sys; from monitor.db.engine import make_engine, upgrade; upgrade(make_engine(sys.argv[1]))"
+    runs = [
+        subprocess.Popen([sys.executable, "-c", code, pg_url], stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+    engine = make_engine(pg_url)
+    try:
+        from monitor.db.engine import current_revision, head_revision
+
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()

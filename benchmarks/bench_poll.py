@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,11 +43,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def observations(db: Path) -> tuple[int, int]:
+def observations(db: Path, port: int) -> tuple[int, int]:
+    """(observations received from Twilio so far, snapshot rows). Unchanged observations
+    reach the database about once a minute, so the count comes from `/metrics`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        body = r.read().decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("conference_monitor_observations_total{")
+    )
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        total, rows = conn.execute(
-            "SELECT COALESCE(SUM(observation_count), 0), COUNT(*) FROM snapshots"
-        ).fetchone()
+        (rows,) = conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()
     return int(total), int(rows)
 
 
@@ -82,7 +90,7 @@ SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode
 
 
 def write_config(
-    folder: Path, sim_url: str, interval: str, jitter: str, use_list: bool, hook_url: str
+    folder: Path, sim_url: str, interval: str, jitter: str, use_list: bool, hook_url: str, port: int
 ) -> Path:
     path = folder / "bench.toml"
     path.write_text(
@@ -104,6 +112,9 @@ batch_size = 2000
 
 [logging]
 level = "WARNING"
+
+[http]
+listen = "127.0.0.1:{port}"
 
 [[notifiers]]
 name = "log"
@@ -146,17 +157,17 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="cm-bench-"))
     with SimulatorServer() as sim, SimulatorControl(sim.url) as ctl:
         print(f"creating {args.conferences} conferences in the simulator ...", flush=True)
-        sids = [
-            ctl.create_conference(friendly_name=f"bench-{i}", status="in-progress")["sid"]
-            for i in range(args.conferences)
-        ]
+        sids = ctl.create_conferences(
+            args.conferences, friendly_name="bench-{n}", status="in-progress"
+        )
         receipts = Receipts()
+        port = free_port()
         config = write_config(
-            folder, sim.url, args.interval, args.jitter, not args.fetch_only, receipts.url
+            folder, sim.url, args.interval, args.jitter, not args.fetch_only, receipts.url, port
         )
         cli(config, "db", "upgrade")
-        for start in range(0, len(sids), 500):
-            cli(config, "watch", "add", *sids[start : start + 500])
+        (folder / "sids.txt").write_text("\n".join(sids) + "\n")
+        cli(config, "watch", "add", "--from-file", str(folder / "sids.txt"))
         db = folder / "bench.db"
         log = (folder / "daemon.log").open("w")
         daemon = subprocess.Popen(
@@ -172,9 +183,17 @@ def main() -> int:
                 reason = random.choice([r for r in END_REASONS if r != "conference-ended-via-api"])
                 at = random.uniform(0.5, args.seconds - 3)
                 ctl.script(sid, [{"after_s": at, "status": "completed", "reason": reason}])
-            cpu0, (obs0, rows0), t0 = cpu_seconds(daemon.pid), observations(db), time.monotonic()
+            cpu0, (obs0, rows0), t0 = (
+                cpu_seconds(daemon.pid),
+                observations(db, port),
+                time.monotonic(),
+            )
             time.sleep(args.seconds)
-            cpu1, (obs1, rows1), t1 = cpu_seconds(daemon.pid), observations(db), time.monotonic()
+            cpu1, (obs1, rows1), t1 = (
+                cpu_seconds(daemon.pid),
+                observations(db, port),
+                time.monotonic(),
+            )
             latencies = detection_latencies(db, ctl, ended)
             delivered = [
                 receipts.ended_at[sid] - _ended_at(ctl, sid)
@@ -218,6 +237,14 @@ def main() -> int:
         )
     print(f"(work folder {folder})")
     return 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _seconds(text: str) -> float:

@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,10 @@ from monitor.twilio.payloads import ConferencePage
 log = logging.getLogger("monitor.poll")
 
 WAIT_FOR_RESULT_S = 0.1  # how long to wait for the next answer before looking for due work
-RECORD_BATCH_MAX = 200  # results recorded per transaction at most
+# Answers are gathered for up to this long (or RECORD_BATCH_MAX of them) and recorded in
+# one transaction: a transaction per answer would cost more than the fetch itself.
+GATHER_S = 0.05
+RECORD_BATCH_MAX = 200
 _OWNER_MAX_CHARS = 64
 
 
@@ -122,8 +126,9 @@ class FetchPipeline:
             self._record(done, report)
 
     def _fill(self, fetch_mode_only: bool, report: PollReport) -> None:
+        """Claim more once half the window is free: claims come in chunks, not one by one."""
         free = self.window - self._outstanding
-        if free <= 0:
+        if free < max(1, self.window // 2):
             return
         watches = self.store.claim_due_watches(
             utcnow(),
@@ -169,15 +174,19 @@ class FetchPipeline:
         self._done.put(_Done(watch, result, requested_at))
 
     def _collect(self) -> list[_Done]:
-        """Wait briefly for one answer, then take every answer already there."""
+        """Wait briefly for one answer, then gather those that follow it for a moment."""
         try:
             first = self._done.get(timeout=WAIT_FOR_RESULT_S)
         except queue.Empty:
             return []
         done = [first]
-        while len(done) < RECORD_BATCH_MAX:
+        until = time.monotonic() + GATHER_S
+        while len(done) < RECORD_BATCH_MAX and len(done) < self._outstanding:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
             try:
-                done.append(self._done.get_nowait())
+                done.append(self._done.get(timeout=left))
             except queue.Empty:
                 break
         return done

@@ -61,6 +61,7 @@ class Poller:
     ) -> None:
         self.store = store
         self.use_list = use_list
+        self._lists_off = False  # list-mode watches handed back since lists were turned off
         self.concurrency = concurrency
         self.touches = TouchBuffer()
         self.recorder = Recorder(
@@ -121,6 +122,7 @@ class Poller:
         self.fetcher.interval_s = self.sweeper.interval_s = policy.interval_s
         self.fetcher.jitter_s = jitter_s
         self.use_list = self.sweeper.use_list = use_list
+        self._lists_off = self._lists_off and not use_list
         self.sweeper.discover = discover
 
     def close(self) -> None:
@@ -130,9 +132,11 @@ class Poller:
         self, stop: threading.Event | None = None, progress: Callable[[], None] = lambda: None
     ) -> PollReport:
         """Fetch every due watch (those the sweeps do not cover) until none is left."""
-        return self.fetcher.run(
-            stop or threading.Event(), fetch_mode_only=self.use_list, progress=progress
-        )
+        if not self.use_list and not self._lists_off:
+            # Lists were turned off: no sweep will observe list-mode watches any more.
+            self.sweeper.sweeps.hand_all_to_fetch(utcnow())
+            self._lists_off = True
+        return self.fetcher.run(stop or threading.Event(), fetch_mode_only=True, progress=progress)
 
     def sweep_due(
         self, stop: threading.Event | None = None, accounts: tuple[str, ...] = ()

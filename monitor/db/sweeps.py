@@ -175,3 +175,14 @@ class SweepStore:
                     .values(mode="fetch", next_poll_at=now)
                 ).rowcount
             )
+
+    def hand_all_to_fetch(self, now: datetime) -> int:
+        """Lists are turned off (`polling.use_list = false`): fetch every watch."""
+        with self.store.writing() as conn:
+            return int(
+                conn.execute(
+                    update(W)
+                    .where(W.c.mode == "list", W.c.status == "active")
+                    .values(mode="fetch", next_poll_at=now)
+                ).rowcount
+            )

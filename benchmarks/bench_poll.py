@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import random
 import signal
 import sqlite3
@@ -23,24 +22,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from benchlib import Receipts, cpu_seconds, free_port, percentile
 
 from monitor.domain import END_REASONS
 from monitor.simulator.control import SimulatorControl
 from monitor.simulator.server import DEFAULT_AUTH_TOKEN, SimulatorServer
 from monitor.simulator.state import DEFAULT_ACCOUNT_SID
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def observations(db: Path, port: int) -> tuple[int, int]:
@@ -56,34 +48,6 @@ def observations(db: Path, port: int) -> tuple[int, int]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         (rows,) = conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()
     return int(total), int(rows)
-
-
-class Receipts:
-    """A loopback webhook receiver noting when each conference's end arrived."""
-
-    def __init__(self) -> None:
-        self.ended_at: dict[str, float] = {}
-        receipts = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body["type"] == "conference.ended":
-                    receipts.ended_at.setdefault(body["data"]["conference_sid"], time.time())
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode()
@@ -136,11 +100,6 @@ def cli(config: Path, *args: str) -> None:
         check=True,
         capture_output=True,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main() -> int:
@@ -237,14 +196,6 @@ def main() -> int:
         )
     print(f"(work folder {folder})")
     return 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _seconds(text: str) -> float:

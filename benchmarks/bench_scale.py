@@ -26,26 +26,22 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import math
-import os
 import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from benchlib import Receipts, cpu_seconds, free_port, percentile
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -54,20 +50,8 @@ from monitor.simulator.control import SimulatorControl
 from monitor.simulator.server import DEFAULT_AUTH_TOKEN
 from monitor.simulator.state import DEFAULT_ACCOUNT_SID
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode()
 REASONS = ("last-participant-left", "participant-with-end-conference-on-exit-left")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -93,30 +77,6 @@ def observed(sample: dict[str, float]) -> float:
         sample.get(f'conference_monitor_observations_total{{via="{via}"}}', 0.0)
         for via in ("poll", "list")
     )
-
-
-class Receipts:
-    """A loopback webhook receiver noting when each conference's end arrived."""
-
-    def __init__(self) -> None:
-        self.ended_at: dict[str, float] = {}
-        receipts = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if body["type"] == "conference.ended":
-                    receipts.ended_at.setdefault(body["data"]["conference_sid"], time.time())
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
 
 def database(args: argparse.Namespace, folder: Path) -> tuple[str, str | None]:
@@ -166,11 +126,6 @@ def cli(config: Path, *argv: str) -> None:
         check=True,
         capture_output=True,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def duplicates(db_url: str) -> int:

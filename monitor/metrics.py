@@ -115,7 +115,7 @@ class Metrics:
     def _define_poll_metrics(self) -> None:
         r = self.registry
         self._polls = Counter(
-            f"{PREFIX}_polls", "Conference polls by outcome.", ["outcome"], registry=r
+            f"{PREFIX}_polls", "Conference polls by outcome (a conference seen in a list sweep counts as ok).", ["outcome"], registry=r
         )
         for outcome in POLL_OUTCOMES:  # export zeros so rate() works from the first scrape
             self._polls.labels(outcome)
@@ -287,8 +287,13 @@ class Metrics:
         )
 
     def observed(self, via: str, n: int = 1) -> None:
+        """Count observations; a listed conference is also a successful poll of it,
+        so `polls_total{outcome="ok"}` and the last-poll time move in list mode too."""
         if n:
             self._observed.labels(via).inc(n)
+            if via == "list":
+                self._polls.labels("ok").inc(n)
+                self._last_poll.set_to_current_time()
 
     def persisted(self, kind: str, n: int = 1) -> None:
         if n:

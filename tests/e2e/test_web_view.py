@@ -99,13 +99,23 @@ def signed_in(browser, site: Api):  # type: ignore[no-untyped-def]
 
 def submit(browser, selector: str) -> None:  # type: ignore[no-untyped-def]
     """Click a form's button and wait for the page it leads to."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     button = browser.find_element(By.CSS_SELECTOR, selector)
     button.click()
-    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(button))
+
+    def left_the_page(driver) -> bool:  # type: ignore[no-untyped-def]
+        # Chromium reports a node of the old page either as stale or as "does not
+        # belong to the document", depending on when it is asked: both mean gone.
+        try:
+            button.is_enabled()
+        except WebDriverException:
+            return driver.execute_script("return document.readyState") == "complete"
+        return False
+
+    WebDriverWait(browser, 10).until(left_the_page)
 
 
 def colour_columns(png: bytes, colour: str) -> list[int]:

@@ -256,3 +256,15 @@ def test_backlog_counts_only_the_notifiers_asked_for(engine: Engine) -> None:
     assert count == 2 and oldest == T0
     assert outbox.backlog(["log"]) == (1, T0)
     assert outbox.backlog([]) == (0, None)
+
+
+def test_schema_head_constant_names_the_newest_migration(sqlite_url: str) -> None:
+    """Commands check the schema against SCHEMA_HEAD without loading Alembic."""
+    from monitor.db.engine import SCHEMA_HEAD, current_revision, head_revision, make_engine, upgrade
+
+    assert SCHEMA_HEAD == head_revision()
+    engine = make_engine(sqlite_url)
+    assert current_revision(engine) is None
+    upgrade(engine)
+    assert current_revision(engine) == SCHEMA_HEAD
+    engine.dispose()

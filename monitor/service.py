@@ -40,6 +40,13 @@ def fetch_lease_s(request_deadline_s: float, window: int, concurrency: int) -> f
     return request_deadline_s * (window / concurrency + 1) + LEASE_MARGIN_S
 
 
+def sweep_lease_s(request_deadline_s: float) -> float:
+    """A sweep renews its lease after every page, so the lease covers one page's
+    request (and one retry) plus applying it: this is also how long a dead
+    instance's sweep takes to be taken over."""
+    return 2 * request_deadline_s + LEASE_MARGIN_S
+
+
 class Poller:
     def __init__(
         self,
@@ -91,7 +98,7 @@ class Poller:
             source,
             self.recorder,
             interval_s=policy.interval_s,
-            lease_s=2 * policy.interval_s + 2 * request_deadline_s + LEASE_MARGIN_S,
+            lease_s=sweep_lease_s(request_deadline_s),
             use_list=use_list,
             discover=discover,
         )

@@ -189,12 +189,15 @@ def test_sigkill_of_one_of_three_instances_misses_and_doubles_nothing(
     with receiver() as hook:
         config, sids = setup(tmp_path, server, ctl, pg_url, hook, 15)
         ctl.add_fault("delay", delay_s=0.3)
+        # A killed sweeper's lease lapses after 2 request deadlines + 5 s (7 s here):
+        # each conference stays in progress longer than that, so its start is seen.
+        env = {"CONFERENCE_MONITOR_TWILIO_REQUEST_DEADLINE": "1s"}
         with (
-            daemon(config, tmp_path / "a.log") as a,
-            daemon(config, tmp_path / "b.log"),
-            daemon(config, tmp_path / "c.log"),
+            daemon(config, tmp_path / "a.log", env=env) as a,
+            daemon(config, tmp_path / "b.log", env=env),
+            daemon(config, tmp_path / "c.log", env=env),
         ):
-            walk(ctl, sids, start_s=2, end_s=6)
+            walk(ctl, sids, start_s=2, end_s=13)
             time.sleep(4)  # mid-run: some started, none ended
             a.process.send_signal(signal.SIGKILL)
             a.process.wait(timeout=10)

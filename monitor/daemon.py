@@ -441,14 +441,15 @@ class Daemon:
         silent_s = time.monotonic() - self._progress
         if silent_s > self.stall_limit_s:
             return False, f"poll loop stalled: no progress for {silent_s:.0f}s"
-        problem = self.app.store.health.problem()
-        if problem is not None:
-            return False, problem
+        # Reachability first: "unreachable" says more than "cannot be written".
         try:
             with self.app.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
             return False, f"database unreachable: {_short(exc)}"
+        problem = self.app.store.health.problem()
+        if problem is not None:
+            return False, problem
         return True, "ready"
 
     def _start_http(self) -> None:

@@ -115,7 +115,10 @@ class Metrics:
     def _define_poll_metrics(self) -> None:
         r = self.registry
         self._polls = Counter(
-            f"{PREFIX}_polls", "Conference polls by outcome (a conference seen in a list sweep counts as ok).", ["outcome"], registry=r
+            f"{PREFIX}_polls",
+            "Conference polls by outcome (a conference seen in a list sweep counts as ok).",
+            ["outcome"],
+            registry=r,
         )
         for outcome in POLL_OUTCOMES:  # export zeros so rate() works from the first scrape
             self._polls.labels(outcome)

@@ -113,7 +113,13 @@ class SweepStore:
             )
 
     def stale(self, account_sid: str, now: datetime, limit: datetime) -> bool:
-        """No live sweep, and none succeeded since `limit` although one was tried."""
+        """Sweeps keep failing: none succeeded since `limit` although one was tried
+        since then, and none is running.
+
+        An attempt older than `limit` does not count: after a restart or a long
+        pause the next sweep is tried first, rather than handing every watch to
+        one-by-one fetching (100,000 fetches) and straight back.
+        """
         with self.store.read() as conn:
             row = conn.execute(
                 select(SWEEPS.c.lease_until, SWEEPS.c.started_at, SWEEPS.c.completed_at).where(
@@ -122,10 +128,9 @@ class SweepStore:
             ).first()
         if row is None or (row.lease_until is not None and row.lease_until >= now):
             return False
-        last_success = row.completed_at
-        if last_success is None:
-            return row.started_at is not None and row.started_at < limit
-        return bool(last_success < limit)
+        tried_lately = row.started_at is not None and row.started_at >= limit
+        failing = row.completed_at is None or row.completed_at < limit
+        return bool(tried_lately and failing)
 
     def active_states(self, account_sid: str) -> dict[str, SweepState]:
         """Every active watch of the account, read once before the account is listed.

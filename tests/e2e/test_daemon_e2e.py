@@ -33,7 +33,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.slow
 
 SCRIPTED_REASONS = [r for r in END_REASONS if r != "conference-ended-via-api"]
-GAP_S = 3.0  # between two steps of one conference: longer than a stop + restart
+GAP_S = 4.0  # between two steps of one conference: longer than a stop + restart, loaded
 
 
 def plan() -> list[dict[str, Any]]:

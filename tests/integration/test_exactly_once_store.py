@@ -50,12 +50,18 @@ def test_a_sweep_that_keeps_failing_is_stale(engine: Engine) -> None:
     limit = T0 + timedelta(seconds=30)
     assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=60), limit)  # never tried yet
     assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 5.0)
-    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=1), limit)  # running
-    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=1), listed=0, missing=0, pages=0, error="x")
-    assert sweeps.stale(ACCOUNT, T0 + timedelta(seconds=60), limit)
-    assert sweeps.try_start(ACCOUNT, "a", T0 + timedelta(seconds=60), 10.0, 5.0)
-    sweeps.finish(ACCOUNT, "a", limit, listed=0, missing=0, pages=0, error=None)
-    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=61), limit)
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=1), listed=0, missing=0, pages=0, error=None)
+    # Tried and failed since the limit, last success before it: stale.
+    assert sweeps.try_start(ACCOUNT, "a", T0 + timedelta(seconds=40), 10.0, 5.0)
+    assert not sweeps.stale(ACCOUNT, T0 + timedelta(seconds=41), limit)  # running
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=41), listed=0, missing=0, pages=0, error="x")
+    assert sweeps.stale(ACCOUNT, T0 + timedelta(seconds=45), limit)
+    # The attempt is older than the limit (a restart after a long stop): try again first.
+    later = T0 + timedelta(seconds=100)
+    assert not sweeps.stale(ACCOUNT, later + timedelta(seconds=1), later)
+    assert sweeps.try_start(ACCOUNT, "a", later + timedelta(seconds=2), 10.0, 5.0)
+    sweeps.finish(ACCOUNT, "a", later + timedelta(seconds=3), listed=0, missing=0, pages=0, error=None)
+    assert not sweeps.stale(ACCOUNT, later + timedelta(seconds=4), later)
 
 
 def test_watches_missing_from_the_lists_go_back_to_fetching(engine: Engine) -> None:

@@ -257,7 +257,7 @@ def _profile(args: argparse.Namespace, pid: int, interval: float) -> subprocess.
     seconds = str(int(interval * args.intervals))
     return subprocess.Popen(
         [
-            shutil.which("py-spy") or "py-spy",
+            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
             "record",
             "-p",
             str(pid),

@@ -13,6 +13,7 @@ SIDs.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ LISTED_STATUSES = ("in-progress", "init")
 # Sweeps of an account that have not succeeded for this many intervals (and nobody
 # holds a live sweep lease): its watches fall back to one-by-one fetching.
 STALE_AFTER_INTERVALS = 2
+ACCOUNTS_TTL_S = 5.0  # a new account's first sweep waits at most this long
 
 
 class SweepAborted(Exception):
@@ -77,22 +79,41 @@ class Sweeper:
         # Accounts whose sweeps keep failing: their watches are fetched one by one
         # (and not handed back to the sweep) until a sweep succeeds again.
         self.stale_accounts: set[str] = set()
+        # What the database said last, so an instance that is not sweeping asks a
+        # few times per interval instead of four times a second (idle instances
+        # are most of the cost of running several).
+        self._accounts: list[str] = []
+        self._accounts_at = -math.inf
+        self._not_before: dict[str, float] = {}  # account -> monotonic time to ask again
 
     def run_due(
         self, stop: threading.Event, extra_accounts: tuple[str, ...] = ()
     ) -> list[SweepReport]:
         """Sweep every account whose sweep is due and not running elsewhere."""
-        now = utcnow()
-        for account in extra_accounts:
-            self.sweeps.ensure(account, now)
         reports = []
-        for account in self.sweeps.accounts():
+        for account in self._known_accounts(extra_accounts):
             if stop.is_set():
                 break
+            if time.monotonic() < self._not_before.get(account, -math.inf):
+                continue
             self._fall_back_if_stale(account)
             if self.sweeps.try_start(account, self.owner, utcnow(), self.interval_s, self.lease_s):
+                self._not_before.pop(account, None)
                 reports.append(self.sweep(account, stop))
+            else:
+                wait_s = min(self.sweeps.due_in(account, utcnow()), self.interval_s)
+                self._not_before[account] = time.monotonic() + wait_s
         return reports
+
+    def _known_accounts(self, extra_accounts: tuple[str, ...]) -> list[str]:
+        """The accounts with watches, re-read at most every interval (5 s at most)."""
+        if time.monotonic() - self._accounts_at >= min(self.interval_s, ACCOUNTS_TTL_S):
+            now = utcnow()
+            for account in extra_accounts:
+                self.sweeps.ensure(account, now)
+            self._accounts = self.sweeps.accounts()
+            self._accounts_at = time.monotonic()
+        return self._accounts
 
     def sweep(self, account: str, stop: threading.Event | None = None) -> SweepReport:
         report = SweepReport(account)

@@ -74,6 +74,22 @@ class SweepStore:
             ).rowcount
         return bool(won)
 
+    def due_in(self, account_sid: str, now: datetime) -> float:
+        """Seconds until the account's sweep may be startable: its next due time, or
+        the running sweep's lease end; 0 if it may be now (or the row is gone)."""
+        with self.store.read() as conn:
+            row = conn.execute(
+                select(SWEEPS.c.next_sweep_at, SWEEPS.c.lease_until).where(
+                    SWEEPS.c.account_sid == account_sid
+                )
+            ).first()
+        if row is None:
+            return 0.0
+        at = row.next_sweep_at
+        if row.lease_until is not None and row.lease_until > at:
+            at = row.lease_until
+        return max(0.0, (at - now).total_seconds())
+
     def renew(self, account_sid: str, owner: str, now: datetime, lease_s: float) -> bool:
         """Extend our lease; False if another instance took the sweep over."""
         with self.store.writing() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +43,38 @@ def test_one_sweeper_per_account_and_interval(engine: Engine) -> None:
     assert not sweeps.renew(ACCOUNT, "a", T0 + timedelta(seconds=11), 30.0)
     assert not sweeps.try_start(ACCOUNT, "c", T0 + timedelta(seconds=25), 10.0, 30.0)
     assert sweeps.try_start(ACCOUNT, "c", T0 + timedelta(seconds=41), 10.0, 30.0)
+
+
+def test_a_losing_instance_knows_when_to_ask_again(engine: Engine) -> None:
+    """`due_in` lets an instance that is not sweeping wait instead of asking 4 times a second."""
+    sweeps = SweepStore(Store(engine))
+    sweeps.ensure(ACCOUNT, T0)
+    assert sweeps.due_in(ACCOUNT, T0) == 0.0
+    assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 30.0)
+    # a is sweeping: its lease (30 s) outlasts the next due time (10 s).
+    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=1)) == 29.0
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=2), listed=1, missing=0, pages=1, error=None)
+    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=2)) == 8.0
+    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=12)) == 0.0
+    assert sweeps.due_in("AC" + "0" * 32, T0) == 0.0  # no row: ask now
+
+
+def test_an_idle_instance_asks_about_a_sweep_once_per_interval(engine: Engine) -> None:
+    """Two sweepers, one account: the loser reads the row once more, then waits."""
+    from sqlalchemy import event
+
+    from monitor.sweeper import Sweeper
+
+    store = Store(engine)
+    SweepStore(store).ensure(ACCOUNT, T0)
+    SweepStore(store).try_start(ACCOUNT, "someone else", datetime.now(UTC), 60.0, 120.0)
+    idle = Sweeper(store, None, None, interval_s=60.0, lease_s=120.0)  # type: ignore[arg-type]
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    stop = threading.Event()
+    for _ in range(20):
+        assert idle.run_due(stop) == []
+    assert len([s for s in statements if "account_sweeps" in s]) <= 4, statements
 
 
 def test_a_sweep_that_keeps_failing_is_stale(engine: Engine) -> None:

@@ -32,7 +32,10 @@ LISTED_STATUSES = ("in-progress", "init")
 # Sweeps of an account that have not succeeded for this many intervals (and nobody
 # holds a live sweep lease): its watches fall back to one-by-one fetching.
 STALE_AFTER_INTERVALS = 2
-ACCOUNTS_TTL_S = 5.0  # a new account's first sweep waits at most this long
+ACCOUNTS_TTL_S = 5.0
+# The last sweeper starts the next sweep at its due time, others this much later
+# (at most a quarter interval), so sweeps stay with one live instance.
+STICKY_GRACE_S = 1.0  # a new account's first sweep waits at most this long
 
 
 class SweepAborted(Exception):
@@ -97,11 +100,15 @@ class Sweeper:
             if time.monotonic() < self._not_before.get(account, -math.inf):
                 continue
             self._fall_back_if_stale(account)
-            if self.sweeps.try_start(account, self.owner, utcnow(), self.interval_s, self.lease_s):
+            grace_s = min(STICKY_GRACE_S, self.interval_s / 4)
+            if self.sweeps.try_start(
+                account, self.owner, utcnow(), self.interval_s, self.lease_s, grace_s
+            ):
                 self._not_before.pop(account, None)
                 reports.append(self.sweep(account, stop))
             else:
-                wait_s = min(self.sweeps.due_in(account, utcnow()), self.interval_s)
+                due_s = self.sweeps.due_in(account, self.owner, utcnow(), grace_s)
+                wait_s = min(due_s, self.interval_s)
                 self._not_before[account] = time.monotonic() + wait_s
         return reports
 

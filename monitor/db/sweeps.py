@@ -43,18 +43,31 @@ class SweepStore:
             conn.execute(self.store.insert_ignoring_conflicts(SWEEPS), [row])
 
     def try_start(
-        self, account_sid: str, owner: str, now: datetime, interval_s: float, lease_s: float
+        self,
+        account_sid: str,
+        owner: str,
+        now: datetime,
+        interval_s: float,
+        lease_s: float,
+        grace_s: float = 0.0,
     ) -> bool:
         """Become the account's sweeper if a sweep is due and nobody holds a live lease.
 
         A compare-and-set on one row, so across all instances at most one sweep of
-        an account runs at a time, at most one per interval.
+        an account runs at a time, at most one per interval. The last sweeper may
+        start at the due time, others `grace_s` later: sweeps stay with one instance,
+        whose buffered last-seen counts then cover every conference once, instead
+        of each instance flushing all of them.
         """
+        others_from = now - timedelta(seconds=grace_s)
         with self.store.writing() as conn:
             due = conn.execute(
                 select(SWEEPS.c.next_sweep_at).where(
                     SWEEPS.c.account_sid == account_sid,
                     SWEEPS.c.next_sweep_at <= now,
+                    (SWEEPS.c.owner == owner)
+                    | (SWEEPS.c.next_sweep_at <= others_from)
+                    | SWEEPS.c.owner.is_(None),
                     SWEEPS.c.lease_until.is_(None) | (SWEEPS.c.lease_until < now),
                 )
             ).scalar_one_or_none()
@@ -74,18 +87,21 @@ class SweepStore:
             ).rowcount
         return bool(won)
 
-    def due_in(self, account_sid: str, now: datetime) -> float:
-        """Seconds until the account's sweep may be startable: its next due time, or
-        the running sweep's lease end; 0 if it may be now (or the row is gone)."""
+    def due_in(self, account_sid: str, owner: str, now: datetime, grace_s: float = 0.0) -> float:
+        """Seconds until `owner` may start the account's sweep (see `try_start`): the
+        next due time (plus the grace if another instance swept last), or the running
+        sweep's lease end; 0 if it may be now (or the row is gone)."""
         with self.store.read() as conn:
             row = conn.execute(
-                select(SWEEPS.c.next_sweep_at, SWEEPS.c.lease_until).where(
+                select(SWEEPS.c.next_sweep_at, SWEEPS.c.lease_until, SWEEPS.c.owner).where(
                     SWEEPS.c.account_sid == account_sid
                 )
             ).first()
         if row is None:
             return 0.0
         at = row.next_sweep_at
+        if row.owner is not None and row.owner != owner:
+            at += timedelta(seconds=grace_s)
         if row.lease_until is not None and row.lease_until > at:
             at = row.lease_until
         return max(0.0, (at - now).total_seconds())

@@ -49,14 +49,32 @@ def test_a_losing_instance_knows_when_to_ask_again(engine: Engine) -> None:
     """`due_in` lets an instance that is not sweeping wait instead of asking 4 times a second."""
     sweeps = SweepStore(Store(engine))
     sweeps.ensure(ACCOUNT, T0)
-    assert sweeps.due_in(ACCOUNT, T0) == 0.0
+    assert sweeps.due_in(ACCOUNT, "b", T0) == 0.0
     assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 30.0)
     # a is sweeping: its lease (30 s) outlasts the next due time (10 s).
-    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=1)) == 29.0
+    assert sweeps.due_in(ACCOUNT, "b", T0 + timedelta(seconds=1)) == 29.0
     sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=2), listed=1, missing=0, pages=1, error=None)
-    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=2)) == 8.0
-    assert sweeps.due_in(ACCOUNT, T0 + timedelta(seconds=12)) == 0.0
-    assert sweeps.due_in("AC" + "0" * 32, T0) == 0.0  # no row: ask now
+    assert sweeps.due_in(ACCOUNT, "b", T0 + timedelta(seconds=2)) == 8.0
+    assert sweeps.due_in(ACCOUNT, "b", T0 + timedelta(seconds=12)) == 0.0
+    assert sweeps.due_in("AC" + "0" * 32, "b", T0) == 0.0  # no row: ask now
+    # With a grace, the last sweeper (a) may start at the due time, others later.
+    assert sweeps.due_in(ACCOUNT, "a", T0 + timedelta(seconds=2), 1.0) == 8.0
+    assert sweeps.due_in(ACCOUNT, "b", T0 + timedelta(seconds=2), 1.0) == 9.0
+
+
+def test_sweeps_stay_with_the_last_sweeper_unless_it_is_late(engine: Engine) -> None:
+    sweeps = SweepStore(Store(engine))
+    sweeps.ensure(ACCOUNT, T0)
+    assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 30.0, 1.0)  # nobody swept yet
+    sweeps.finish(ACCOUNT, "a", T0 + timedelta(seconds=1), listed=1, missing=0, pages=1, error=None)
+    due = T0 + timedelta(seconds=10)
+    assert not sweeps.try_start(ACCOUNT, "b", due, 10.0, 30.0, 1.0)  # a's turn first
+    assert sweeps.try_start(ACCOUNT, "a", due, 10.0, 30.0, 1.0)
+    sweeps.finish(ACCOUNT, "a", due + timedelta(seconds=1), listed=1, missing=0, pages=1, error=None)
+    # a is gone: b takes over once the grace has passed.
+    due = T0 + timedelta(seconds=20)
+    assert not sweeps.try_start(ACCOUNT, "b", due + timedelta(seconds=0.5), 10.0, 30.0, 1.0)
+    assert sweeps.try_start(ACCOUNT, "b", due + timedelta(seconds=1), 10.0, 30.0, 1.0)
 
 
 def test_an_idle_instance_asks_about_a_sweep_once_per_interval(engine: Engine) -> None:

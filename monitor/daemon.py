@@ -36,10 +36,14 @@ from monitor.app import (
     effective_notifiers,
     recipients_for,
 )
+from monitor.callbacks.endpoint import CallbackEndpoint
+from monitor.callbacks.intake import Intake
+from monitor.callbacks.writer import CallbackWriter
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.db.engine import require_current_schema
 from monitor.domain import Conference
 from monitor.httpapi import HealthServer
+from monitor.httppool import DEFAULT_WORKERS
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.outcomes import PollPolicy
@@ -60,6 +64,8 @@ SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15
 FAILURE_LOG_EVERY_S = 60.0
 # Without a watchdog, /readyz still reports a poll loop silent for this long.
 DEFAULT_STALL_LIMIT_S = 60.0
+# Listener threads with status callbacks on: each waits for its group's commit.
+CALLBACK_HTTP_WORKERS = 64
 
 
 def stall_limit_s(settings: Settings, watchdog_timeout_s: float | None) -> float:
@@ -144,6 +150,7 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.http: HealthServer | None = None
+        self.callbacks: CallbackWriter | None = None
         self.last_poll_at: datetime | None = None
         # A reload swaps notifiers, recipients and polling settings as one.
         self._config_lock = threading.Lock()
@@ -226,6 +233,8 @@ class Daemon:
                 delivered = False
         if self.http is not None:
             self.http.stop()
+        if self.callbacks is not None:
+            self.callbacks.stop(_left(deadline))
         self.closed = True
         if not delivered:
             log.warning(
@@ -454,13 +463,44 @@ class Daemon:
     def _start_http(self) -> None:
         listen = self.app.settings.http.listen
         if listen:
-            self.http = HealthServer(listen, self.app.metrics, self.readiness)
+            callbacks = self.app.settings.callbacks.enabled
+            workers = CALLBACK_HTTP_WORKERS if callbacks else DEFAULT_WORKERS
+            self.http = HealthServer(listen, self.app.metrics, self.readiness, workers=workers)
+            if callbacks:
+                self._add_callbacks(self.http)
             register_history(self.http, self.app.engine, lambda: self.app.settings)
             self.app.metrics.set_refresher(self._refresh_status)
             self.http.start()
             host, port = self.http.address
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("health and metrics on http://%s", where, extra={"event": "http.started"})
+
+    def _add_callbacks(self, http: HealthServer) -> None:
+        """The status callback route, and the writer thread that records what it accepts."""
+        settings = self.app.settings
+        tw, cb = settings.twilio, settings.callbacks
+        tokens = (
+            {tw.account_sid: tw.auth_token.reveal()} if tw.account_sid and tw.auth_token else {}
+        )
+        intake = Intake()
+        self.callbacks = CallbackWriter(
+            self.app.store,
+            lambda: self.app.with_poller().recorder,
+            intake,
+            watch_unknown=cb.watch_unknown,
+            metrics=self.app.metrics,
+        )
+        endpoint = CallbackEndpoint(
+            tokens, intake.submit, self.app.metrics, public_url=cb.public_url
+        )
+        http.add_route(endpoint.route(cb.path, cb.max_body))
+        self.callbacks.start()
+        log.info(
+            "status callbacks on %s%s",
+            cb.path,
+            " (unknown conferences are watched)" if cb.watch_unknown else "",
+            extra={"event": "callbacks.started"},
+        )
 
     # -- reload --------------------------------------------------------------------
 
@@ -507,7 +547,7 @@ class Daemon:
         old = self.app.settings
         kept = {
             section: getattr(old, section)
-            for section in ("database", "http", "twilio", "logging")
+            for section in ("database", "http", "twilio", "logging", "callbacks")
             if getattr(new, section) != getattr(old, section)
         }
         if kept:

@@ -57,6 +57,7 @@ class WatchState:
     mode: str = "fetch"
     status: str = "active"
     consecutive_errors: int = 0
+    callback_sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ class Observation:
     """A conference whose resource changed, ready to record against `watch.version`.
 
     `observed_at` is when the state was current (the request's start, or a
-    callback's time); `mode` is who observes the watch next (`list` hands an
-    active watch to its account's sweep).
+    callback's receipt); `mode` is who observes the watch next (`list` hands an
+    active watch to its account's sweep). A callback sets `sequence` (its
+    SequenceNumber, recorded only if newer than the watch's) and `confirm_at`:
+    the watch stays active and is fetched then, so a poll confirms what the
+    callback said and fills the fields it lacked.
     """
 
     watch: WatchState
@@ -75,6 +79,8 @@ class Observation:
     lifecycle: LifecycleState
     events: tuple[NewEvent, ...]
     mode: str = "fetch"
+    sequence: int | None = None
+    confirm_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +299,13 @@ class Store:
             last = row["last_polled_at"]
             if row["mode"] == "list" and row["status"] == "active" and swept is not None:
                 row["last_polled_at"] = swept if last is None else max(last, swept)
-            for private in ("lease_owner", "lease_until", "version", "observed_at"):
+            for private in (
+                "lease_owner",
+                "lease_until",
+                "version",
+                "observed_at",
+                "callback_sequence",
+            ):
                 row.pop(private, None)
         return rows
 
@@ -396,14 +408,51 @@ class Store:
             result.recovered_accounts = _end_auth_episodes(conn, batch.ok_accounts)
         return result
 
+    def lock_watch(self, conn: Connection, sid: str) -> WatchState | None:
+        """The watch as it is inside this write transaction (row-locked on PostgreSQL;
+        SQLite's `BEGIN IMMEDIATE` already excludes other writers), so a
+        compare-and-set made from it rarely loses."""
+        query = select(W).where(W.c.sid == sid)
+        if self.is_postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return watch_state(row) if row is not None else None
+
+    def insert_watch(self, conn: Connection, sid: str, account_sid: str, now: datetime) -> bool:
+        """Watch `sid` unless it already is (a concurrent insert wins quietly)."""
+        stmt = self.insert_ignoring_conflicts(W).returning(W.c.sid)
+        added = conn.execute(stmt, [_new_watch(sid, account_sid, None, now, "fetch")]).first()
+        if added is not None:
+            self._ensure_sweep_row(conn, account_sid, now)
+        return added is not None
+
+    def write_change(
+        self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
+    ) -> bool:
+        """Record one observation inside the caller's transaction; False if the CAS lost."""
+        if self._write_change(conn, obs, now, result):
+            result.observations += 1
+            return True
+        result.dropped += 1
+        return False
+
     def _write_change(
         self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
     ) -> bool:
         c, w, state = obs.conference, obs.watch, obs.lifecycle
         newer_known = W.c.observed_at.is_not(None) & (W.c.observed_at > obs.observed_at)
+        where = [W.c.sid == c.sid, W.c.version == w.version, ~newer_known]
+        extra: dict[str, object] = {}
+        if obs.sequence is not None:
+            seq = W.c.callback_sequence
+            where.append(seq.is_(None) | (seq < obs.sequence))
+            extra["callback_sequence"] = obs.sequence
+        if obs.confirm_at is not None:
+            extra["next_poll_at"] = obs.confirm_at
+        confirming = obs.confirm_at is not None
         claimed = conn.execute(
             update(W)
-            .where(W.c.sid == c.sid, W.c.version == w.version, ~newer_known)
+            .where(*where)
             .values(
                 version=w.version + 1,
                 observed_at=obs.observed_at,
@@ -414,10 +463,11 @@ class Store:
                 first_not_found_at=None,
                 last_error=None,
                 consecutive_errors=0,
-                status="completed" if state.terminal else "active",
+                status="completed" if state.terminal and not confirming else "active",
                 mode=obs.mode,
                 lease_owner=None,
                 lease_until=None,
+                **extra,
             )
         ).rowcount
         if not claimed:
@@ -521,6 +571,7 @@ def watch_state(r: Any) -> WatchState:
         mode=r.mode,
         status=r.status,
         consecutive_errors=r.consecutive_errors,
+        callback_sequence=r.callback_sequence,
     )
 
 

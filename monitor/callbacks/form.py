@@ -59,10 +59,10 @@ def parse_pairs(body: bytes) -> list[tuple[str, str]]:
 def parse(pairs: list[tuple[str, str]]) -> CallbackForm:
     """Check and type the fields a conference callback carries."""
     fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise FormError(f"field {name[:64]!r} is repeated")
-        fields[name] = value
+    for key, value in pairs:
+        if key in fields:
+            raise FormError(f"field {key[:64]!r} is repeated")
+        fields[key] = value
     event = _required(fields, "StatusCallbackEvent")
     if not _EVENT_RE.fullmatch(event):
         raise FormError("StatusCallbackEvent is not an event name")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from monitor.callbacks.decide import STALE, decide
 from monitor.callbacks.intake import UNAVAILABLE, Intake, Pending
@@ -28,6 +29,9 @@ log = logging.getLogger("monitor.callbacks")
 ACCEPTED = "accepted"
 UNWATCHED = "unwatched"
 MAX_GROUP = 500
+DEADLOCK_RETRIES = 3
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction may simply rerun.
+_RETRYABLE_SQLSTATES = ("40P01", "40001")
 IDLE_WAIT_S = 0.2  # how often an idle writer checks for stop()
 
 
@@ -72,11 +76,25 @@ class CallbackWriter:
     def write_group(self, group: list[Pending]) -> list[str]:
         """Record a group in one transaction and answer each callback."""
         recorder = self.recorder()
-        result = BatchResult()
-        now = datetime.now(UTC)
+        # Rows are locked in SID order (arrival order within a conference), and a
+        # deadlock with a concurrent poll's transaction is retried: PostgreSQL
+        # aborts one side, and nothing of ours was written.
+        ordered = sorted(group, key=lambda item: item.form.conference_sid)
         try:
-            with self.store.writing() as conn:
-                outcomes = [self._one(conn, item, now, recorder, result) for item in group]
+            for attempt in range(1, DEADLOCK_RETRIES + 1):
+                result = BatchResult()
+                now = datetime.now(UTC)
+                try:
+                    with self.store.writing() as conn:
+                        by_item = {
+                            id(item): self._one(conn, item, now, recorder, result)
+                            for item in ordered
+                        }
+                    break
+                except DBAPIError as exc:
+                    if attempt == DEADLOCK_RETRIES or not _retryable(exc):
+                        raise
+            outcomes = [by_item[id(item)] for item in group]
         except Exception as exc:
             log.error(
                 "recording %d status callbacks failed: %s",
@@ -125,3 +143,7 @@ class CallbackWriter:
         if outcome != UNAVAILABLE:
             self.metrics.callback_committed(time.monotonic() - item.received_mono)
         item.finish(outcome)
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES

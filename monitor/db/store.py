@@ -393,6 +393,7 @@ class Store:
         """
         result = BatchResult()
         with self.writing() as conn:
+            self._lock_in_order(conn, batch)
             for obs in batch.changes:
                 if self._write_change(conn, obs, now, result):
                     result.observations += 1
@@ -407,6 +408,23 @@ class Store:
                     result.events.extend(self._write_events(conn, [event]))
             result.recovered_accounts = _end_auth_episodes(conn, batch.ok_accounts)
         return result
+
+    def _lock_in_order(self, conn: Connection, batch: Batch) -> None:
+        """On PostgreSQL, lock the batch's watch rows in SID order before writing them.
+
+        Every writer that holds several watch rows (a batch, a group of status
+        callbacks) takes them in SID order, so two never wait on each other in a
+        cycle (a deadlock that would abort one). SQLite has one writer at a time.
+        """
+        if not self.is_postgres:
+            return
+        sids = sorted(
+            {o.watch.sid for o in batch.changes} | {m.sid for m in batch.misses} | set(batch.seen)
+        )
+        for part in chunks(sids):
+            conn.execute(
+                select(W.c.sid).where(W.c.sid.in_(part)).order_by(W.c.sid).with_for_update()
+            )
 
     def lock_watch(self, conn: Connection, sid: str) -> WatchState | None:
         """The watch as it is inside this write transaction (row-locked on PostgreSQL;

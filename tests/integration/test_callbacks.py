@@ -248,7 +248,7 @@ def test_a_poll_racing_callbacks_records_each_transition_once(app: App, sim: Any
             answers: list[str] = []
             senders = [
                 threading.Thread(
-                    target=lambda s=sid, e=event, n=step: answers.append(
+                    target=lambda s=sid, e=event, n=step, got=answers: got.append(
                         w.intake.submit(callback(s, e, n), datetime.now(UTC))
                     )
                 )

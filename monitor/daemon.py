@@ -64,6 +64,10 @@ SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15
 FAILURE_LOG_EVERY_S = 60.0
 # Without a watchdog, /readyz still reports a poll loop silent for this long.
 DEFAULT_STALL_LIMIT_S = 60.0
+# After new events: dispatcher ticks this far apart, until this many in a row find nothing.
+DISPATCH_FOLLOW_UP_S = 0.02
+DISPATCH_FOLLOW_UPS = 5
+SHUTDOWN_POLL_S = 0.5
 # Listener threads with status callbacks on: each waits for its group's commit.
 CALLBACK_HTTP_WORKERS = 64
 
@@ -151,6 +155,7 @@ class Daemon:
         )
         self.http: HealthServer | None = None
         self.callbacks: CallbackWriter | None = None
+        self._dispatch_wake = threading.Event()
         self.last_poll_at: datetime | None = None
         # A reload swaps notifiers, recipients and polling settings as one.
         self._config_lock = threading.Lock()
@@ -179,6 +184,9 @@ class Daemon:
             logging.getLogger("apscheduler.scheduler").addFilter(_SkipMaxInstances())
             self._progress = time.monotonic()
             self.scheduler.start()
+            threading.Thread(
+                target=self._dispatch_loop, name="monitor-dispatch-soon", daemon=True
+            ).start()
             log.info(
                 "conference-monitor running: %d watches, database %s, notifiers %s",
                 sum(watches.values()),
@@ -382,10 +390,30 @@ class Daemon:
             self._status_quietly()
 
     def _dispatch_soon(self) -> None:
-        """New outbox rows: run the dispatch job now rather than at its next tick."""
-        job = self.scheduler.get_job("dispatch")
-        if job is not None:  # if it is running, this run is skipped (quietly: _SkipMaxInstances)
-            job.modify(next_run_time=datetime.now(UTC))
+        """New outbox rows: claim them now rather than at the next dispatch tick."""
+        self._dispatch_wake.set()
+
+    def _dispatch_loop(self) -> None:
+        """Ticks the dispatcher as soon as rows are written, then a few times more.
+
+        A wake that comes while a notifier's workers are busy claims nothing (its
+        workers refill themselves); the follow-up ticks catch rows written just as
+        those workers ran out of work, so no event waits for the periodic tick.
+        """
+        while not self.stop_requested.is_set():
+            if not self._dispatch_wake.wait(SHUTDOWN_POLL_S):
+                continue
+            quiet = 0
+            while quiet < DISPATCH_FOLLOW_UPS and not self.stop_requested.is_set():
+                woken = self._dispatch_wake.is_set()
+                self._dispatch_wake.clear()
+                try:
+                    claimed = self.app.dispatcher.tick() if self.app.dispatcher else 0
+                except Exception as exc:  # the periodic dispatch job reports failures
+                    log.debug("dispatch failed: %s", _short(exc), extra={"event": "tick.failed"})
+                    claimed = 0
+                quiet = 0 if woken or claimed else quiet + 1
+                self.stop_requested.wait(DISPATCH_FOLLOW_UP_S)
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:

@@ -56,6 +56,7 @@ from monitor.simulator.state import DEFAULT_ACCOUNT_SID
 SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode()
 PATH = "/twilio/conference-events"
 REASON = "last-participant-left"
+INTERVAL_S = 5.0  # the default polling interval
 
 
 def write_config(folder: Path, sim_url: str, port: int, hook: str | None) -> Path:
@@ -76,7 +77,7 @@ base_url = "{sim_url}"
 url = "sqlite:///{folder}/bench-{port}.db"
 
 [polling]
-interval = "5s"
+interval = "{INTERVAL_S:g}s"
 
 [http]
 listen = "127.0.0.1:{port}"
@@ -138,12 +139,15 @@ class Daemon:
                 time.sleep(0.1)
         raise SystemExit("the daemon did not start")
 
-    def wait_first_pass(self, n: int, timeout_s: float = 300.0) -> None:
+    def wait_first_pass(self, db: Path, n: int, timeout_s: float = 300.0) -> None:
+        """Until every watch has its first snapshot, then one interval more to settle."""
         started = time.monotonic()
-        while observed(self.port) < n:
+        query = "SELECT COUNT(*) FROM watches WHERE current_snapshot_id IS NOT NULL"
+        while (rows(db, query)[0][0] if db.exists() else 0) < n:
             if time.monotonic() - started > timeout_s:
                 raise SystemExit("first pass did not finish in time")
             time.sleep(0.5)
+        time.sleep(INTERVAL_S)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -178,7 +182,9 @@ def duplicates(db: Path) -> int:
     return len(found)
 
 
-def latency(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folder: Path) -> None:
+def latency(
+    args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folder: Path, sim_pid: int
+) -> None:
     n, window = args.latency_conferences, args.window
     port = free_port()
     receipts = Receipts()
@@ -192,7 +198,7 @@ def latency(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folde
     cli(config, "watch", "add", "--from-file", str(folder / "lat.txt"))
     daemon = Daemon(config, port, folder)
     try:
-        daemon.wait_first_pass(n)
+        daemon.wait_first_pass(folder / f"bench-{port}.db", n)
         print(f"(a) {n} conferences watched and seen; ending them within {window:g}s ...")
         ctl.script_many(
             {
@@ -202,10 +208,13 @@ def latency(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folde
         )
         spy = _profile(args, daemon.proc.pid, window)
         cpu_before, wall_before = cpu_seconds(daemon.proc.pid), time.monotonic()
+        sim_before = cpu_seconds(sim_pid)
         deadline = time.monotonic() + window + 30
         while len(receipts.ended_at) < n and time.monotonic() < deadline:
             time.sleep(0.2)
-        cpu = (cpu_seconds(daemon.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
+        wall = time.monotonic() - wall_before
+        cpu = (cpu_seconds(daemon.proc.pid) - cpu_before) / wall
+        sim_cpu = (cpu_seconds(sim_pid) - sim_before) / wall
         time.sleep(1.0)
         sample = metrics(port)
         if spy is not None:
@@ -234,7 +243,7 @@ def latency(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folde
         f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
         f"max {max(ms):.1f} ms (target p99 <= 200 ms)"
     )
-    print(f"    receipt -> commit: {commit}; daemon CPU {cpu:.0%} of a core while ending")
+    print(f"    receipt -> commit: {commit}; daemon CPU {cpu:.0%} of a core, simulator {sim_cpu:.0%}")
     print(
         f"    ends detected via callback {via.get('callback', 0)}, via poll/list "
         f"{via.get('poll', 0) + via.get('list', 0)}; webhooks {len(receipts.ended_at)}/{n}; "
@@ -312,7 +321,7 @@ def throughput(
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     try:
-        daemon.wait_first_pass(n)
+        daemon.wait_first_pass(folder / f"bench-{port}.db", n)
         print(f"(b) {n} watches polled; posting {2 * n} signed callbacks ...")
         before = metrics(port)
         polls_before = observed(port)
@@ -368,6 +377,7 @@ def main() -> int:
     parser.add_argument("--throughput-watches", type=int, default=10_000)
     parser.add_argument("--senders", type=int, default=16, help="concurrent callback posters")
     parser.add_argument("--skip", choices=("latency", "throughput"))
+    parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
     parser.add_argument("--profile", help="py-spy output of the daemon in phase (a): .txt or .svg")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="cm-callbacks-"))
@@ -387,14 +397,17 @@ def main() -> int:
             except Exception:
                 time.sleep(0.1)
         if args.skip != "latency":
-            latency(args, ctl, sim_url, folder)
+            latency(args, ctl, sim_url, folder, sim.pid)
         if args.skip != "throughput":
             throughput(args, ctl, sim_url, folder)
         print("reproduce: .venv/bin/python benchmarks/bench_callbacks.py " + " ".join(sys.argv[1:]))
     finally:
         sim.send_signal(signal.SIGTERM)
         sim.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            print(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

@@ -9,7 +9,8 @@ SequenceNumber is not above the last one accepted is a replay.
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from monitor.callbacks.form import CallbackForm
 from monitor.db.store import Observation, WatchState
@@ -18,6 +19,10 @@ from monitor.events import NewEvent, transition_event, with_notifiers
 from monitor.lifecycle import detect
 from monitor.outcomes import Recipients
 
+# The confirming poll comes this long after the callback: Twilio's API can lag its
+# callbacks by a second or two, and a poll that still saw the old status would
+# be recorded as a step back (an irregular event) before the next one agreed.
+CONFIRM_AFTER = timedelta(seconds=2)
 DUPLICATE = "duplicate"  # SequenceNumber already accepted: a replay
 STALE = "stale"  # status not ahead of what the watch knows
 
@@ -49,13 +54,16 @@ def decide(
     the watch has never been seen: the callback itself says the conference
     started (or ended) at its Timestamp. The observation's time is the
     receipt, so a poll that started before it is older and cannot overwrite
-    it; the events carry the callback's Timestamp.
+    it; the events carry the callback's Timestamp. The watch is fetched
+    `CONFIRM_AFTER` later, whoever observed it until then.
     """
     if watch.callback_sequence is not None and form.sequence <= watch.callback_sequence:
         return DUPLICATE
     status = form.status
     if status is None or not _ahead(status, watch.lifecycle.high_status):
         return STALE
+    if watch.observed_at is not None and watch.observed_at > received_at:
+        return STALE  # a poll that started after this callback arrived was recorded first
     conference = conference_of(form)
     transitions, state = detect(watch.lifecycle, status, after_watch=True)
     at = event_time(form, received_at)
@@ -72,10 +80,23 @@ def decide(
         tuple(events),
         mode="fetch",
         sequence=form.sequence,
-        confirm_at=received_at,
+        confirm_at=received_at + CONFIRM_AFTER,
     )
 
 
 def _ahead(status: str, high: str | None) -> bool:
     rank = STATUS_ORDER[status]
     return high is None or rank > STATUS_ORDER.get(high, -1)
+
+
+def advanced(watch: WatchState, obs: Observation) -> WatchState:
+    """The watch as it will be once `obs` is recorded: what the next callback of the
+    same group is decided against."""
+    return replace(
+        watch,
+        lifecycle=obs.lifecycle,
+        version=watch.version + 1,
+        callback_sequence=obs.sequence,
+        observed_at=obs.observed_at,
+        current_hash=obs.conference.content_hash,
+    )

@@ -1,8 +1,11 @@
 """Group commit: one thread records queued callbacks, many to a transaction.
 
-Each callback is decided against its watch as read inside the transaction,
-then written by the store's compare-and-set (`Store.write_change`), the same
-path polls take: snapshot, events and outbox rows together. The request
+Each callback is decided against its watch as read (and locked) inside the
+transaction, then the group is written in a few statements
+(`Store.write_changes`): snapshots, the watches' compare-and-set, events and
+outbox rows together, as polls write them. If any compare-and-set loses, the
+transaction is rolled back and the group recorded again row by row
+(`Store.write_change`, re-reading a watch once when it loses). The request
 threads are answered only after the commit; a database failure answers every
 callback of the group 503.
 """
@@ -16,11 +19,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from monitor.callbacks.decide import STALE, decide
+from monitor.callbacks.decide import STALE, advanced, decide
 from monitor.callbacks.intake import UNAVAILABLE, Intake, Pending
-from monitor.db.store import BatchResult, Store
+from monitor.db.store import BatchResult, LostRace, Store
 from monitor.metrics import Metrics
 from monitor.recorder import Recorder
 
@@ -45,6 +48,7 @@ class CallbackWriter:
         watch_unknown: bool = False,
         metrics: Metrics | None = None,
         max_group: int = MAX_GROUP,
+        batched: bool = True,
     ) -> None:
         self.store = store
         self.recorder = recorder  # read per group: a reload may replace recipients
@@ -52,6 +56,7 @@ class CallbackWriter:
         self.watch_unknown = watch_unknown
         self.metrics = metrics or Metrics(process_metrics=False)
         self.max_group = max_group
+        self.batched = batched  # False: always row by row (the fallback path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,19 +85,27 @@ class CallbackWriter:
         # deadlock with a concurrent poll's transaction is retried: PostgreSQL
         # aborts one side, and nothing of ours was written.
         ordered = sorted(group, key=lambda item: item.form.conference_sid)
+        batched = self.batched
         try:
-            for attempt in range(1, DEADLOCK_RETRIES + 1):
+            for attempt in range(1, DEADLOCK_RETRIES + 2):
                 result = BatchResult()
                 now = datetime.now(UTC)
                 try:
                     with self.store.writing() as conn:
-                        by_item = {
-                            id(item): self._one(conn, item, now, recorder, result)
-                            for item in ordered
-                        }
+                        if batched:
+                            by_item = self._batched(conn, ordered, now, recorder, result)
+                        else:
+                            by_item = {
+                                id(item): self._one(conn, item, now, recorder, result)
+                                for item in ordered
+                            }
                     break
+                except (LostRace, IntegrityError):
+                    if not batched:
+                        raise
+                    batched = False  # something changed under us: row by row, each by CAS
                 except DBAPIError as exc:
-                    if attempt == DEADLOCK_RETRIES or not _retryable(exc):
+                    if attempt >= DEADLOCK_RETRIES or not _retryable(exc):
                         raise
             outcomes = [by_item[id(item)] for item in group]
         except Exception as exc:
@@ -107,6 +120,40 @@ class CallbackWriter:
             recorder.published(result)
         for item, outcome in zip(group, outcomes, strict=True):
             self._answer(item, outcome)
+        return outcomes
+
+    def _batched(
+        self,
+        conn: Connection,
+        ordered: list[Pending],
+        now: datetime,
+        recorder: Recorder,
+        result: BatchResult,
+    ) -> dict[int, str]:
+        """Decide every callback against the rows read (and locked) here, then write
+        the accepted ones in a few statements: the common, fast path."""
+        watches = self.store.lock_watches(conn, [i.form.conference_sid for i in ordered])
+        outcomes: dict[int, str] = {}
+        changes = []
+        for item in ordered:
+            form = item.form
+            watch = watches.get(form.conference_sid)
+            if watch is None:
+                if not self.watch_unknown:
+                    outcomes[id(item)] = UNWATCHED
+                    continue
+                self.store.insert_watch(conn, form.conference_sid, form.account_sid, now)
+                watch = self.store.lock_watch(conn, form.conference_sid)
+                assert watch is not None
+            decision = decide(watch, form, item.received_at, recorder.recipients)
+            if isinstance(decision, str):
+                outcomes[id(item)] = decision
+                watches[form.conference_sid] = watch
+                continue
+            changes.append(decision)
+            outcomes[id(item)] = ACCEPTED
+            watches[form.conference_sid] = advanced(watch, decision)
+        self.store.write_changes(conn, changes, now, result)
         return outcomes
 
     def _one(

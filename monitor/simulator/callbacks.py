@@ -17,7 +17,7 @@ from monitor.simulator.state import CallbackEvent
 _log = logging.getLogger(__name__)
 
 CALLBACK_TIMEOUT_S = 2.0
-SENDERS = 8
+SENDERS = 32
 
 
 def twilio_signature(url: str, params: Mapping[str, str], auth_token: str) -> str:

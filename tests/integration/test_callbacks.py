@@ -22,6 +22,7 @@ from sqlalchemy import func, select, update
 from twilio.request_validator import RequestValidator
 
 from monitor.app import App
+from monitor.callbacks.decide import CONFIRM_AFTER
 from monitor.callbacks.endpoint import CallbackEndpoint
 from monitor.callbacks.form import CallbackForm, parse
 from monitor.callbacks.intake import Intake, Pending
@@ -63,13 +64,14 @@ def app(db_url: str, sim: tuple[SimulatorServer, SimulatorControl]) -> Iterator[
     application.close()
 
 
-def writer(app: App, *, watch_unknown: bool = False) -> CallbackWriter:
+def writer(app: App, *, watch_unknown: bool = False, batched: bool = True) -> CallbackWriter:
     return CallbackWriter(
         app.store,
         lambda: app.with_poller().recorder,
         Intake(),
         watch_unknown=watch_unknown,
         metrics=app.metrics,
+        batched=batched,
     )
 
 
@@ -138,7 +140,8 @@ def test_callback_then_poll_gives_one_started(app: App, sim: Any) -> None:
     assert send(writer(app), callback(sid, "conference-start", 1)) == ["accepted"]
     watch = watch_row(app, sid)
     assert watch.mode == "fetch" and watch.callback_sequence == 1
-    assert watch.next_poll_at <= datetime.now(UTC)  # a confirming poll is due at once
+    # A confirming poll is due shortly (Twilio's API may lag its callbacks a little).
+    assert watch.next_poll_at <= datetime.now(UTC) + CONFIRM_AFTER
     poll(app, sid)
     poll(app, sid)
     counts = events(app)
@@ -169,10 +172,11 @@ def test_poll_then_callback_gives_one_started(app: App, sim: Any) -> None:
     assert all('"detected_via":"poll"' in e.body for e in event_rows(app, sid))
 
 
-def test_replayed_and_out_of_order_callbacks(app: App, sim: Any) -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "row-by-row"])
+def test_replayed_and_out_of_order_callbacks(app: App, sim: Any, batched: bool) -> None:
     _server, ctl = sim
     sid = new_conference(app, ctl)
-    w = writer(app)
+    w = writer(app, batched=batched)
     start, end = callback(sid, "conference-start", 1), callback(sid, "conference-end", 2)
     assert send(w, start) == ["accepted"]
     assert send(w, start) == ["duplicate"]  # a replay
@@ -218,13 +222,16 @@ def test_end_callback_keeps_the_watch_active_until_a_poll_confirms(app: App, sim
     assert events(app)[(sid, "conference.ended")] == 1
 
 
-def test_a_poll_racing_callbacks_records_each_transition_once(app: App, sim: Any) -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "row-by-row"])
+def test_a_poll_racing_callbacks_records_each_transition_once(
+    app: App, sim: Any, batched: bool
+) -> None:
     """Polls and callbacks observe the same conferences at once: one started and one
-    ended each, whoever wins."""
+    ended each, whoever wins; on both of the writer's paths."""
     _server, ctl = sim
     sids = [new_conference(app, ctl) for _ in range(20)]
     poll(app, *sids)
-    w = writer(app)
+    w = writer(app, batched=batched)
     w.start()
     stop = threading.Event()
 
@@ -412,3 +419,28 @@ def test_endpoint_refusals_write_nothing(
         "json": "unsupported_media",
     }.get(kind, kind)
     assert f'conference_monitor_callbacks_total{{result="{result}"}} 1.0' in metrics
+
+
+def test_a_batch_that_finds_a_row_changed_under_it_is_refused_whole(app: App, sim: Any) -> None:
+    """`write_changes` writes only if every compare-and-set wins (else the writer
+    rolls back and records the group row by row)."""
+    from monitor.callbacks.decide import decide
+    from monitor.db.store import BatchResult, LostRace
+
+    _server, ctl = sim
+    a, b = new_conference(app, ctl), new_conference(app, ctl)
+    now = datetime.now(UTC)
+    recipients = app.with_poller().recorder.recipients
+    changes = []
+    for sid in (a, b):
+        watch = app.store.get_watch(sid)
+        assert watch is not None
+        obs = decide(watch, callback(sid, "conference-start", 1), now, recipients)
+        assert not isinstance(obs, str)
+        changes.append(obs)
+    poll(app, b)  # the rows move on after the decisions were made
+    with pytest.raises(LostRace), app.store.writing() as conn:
+        app.store.write_changes(conn, changes, now, BatchResult())
+    assert watch_row(app, a).callback_sequence is None
+    assert watch_row(app, b).callback_sequence is None
+    assert not any(kind == "conference.started" for (_s, kind) in events(app))

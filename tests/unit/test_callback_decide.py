@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from monitor.callbacks.decide import DUPLICATE, STALE, decide
+from monitor.callbacks.decide import CONFIRM_AFTER, DUPLICATE, STALE, decide
 from monitor.callbacks.form import CallbackForm
 from monitor.db.store import Observation, WatchState
 from monitor.lifecycle import LifecycleState
@@ -45,7 +45,7 @@ def test_start_on_an_unseen_watch_is_a_baseline_and_a_start() -> None:
     assert isinstance(obs, Observation)
     assert [e.type for e in obs.events] == ["conference.first_seen", "conference.started"]
     assert obs.detected_via == "callback" and obs.sequence == 1
-    assert obs.observed_at == received and obs.confirm_at == received
+    assert obs.observed_at == received and obs.confirm_at == received + CONFIRM_AFTER
     started = obs.events[1]
     assert started.occurred_at == T0 + timedelta(seconds=5)
     assert started.data["detected_via"] == "callback" and started.notifiers == ("hook",)

@@ -258,7 +258,7 @@ def _profile(args: argparse.Namespace, pid: int, seconds: float) -> subprocess.P
     fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     command = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-o", args.profile]
-    command += ["--nonblocking", "-f", fmt]
+    command += ["--nonblocking", "--gil", "-f", fmt]  # CPU, not waits
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

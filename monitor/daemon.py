@@ -65,13 +65,9 @@ FAILURE_LOG_EVERY_S = 60.0
 # Without a watchdog, /readyz still reports a poll loop silent for this long.
 DEFAULT_STALL_LIMIT_S = 60.0
 # After new events: dispatcher ticks this far apart, until this many in a row find nothing.
-DISPATCH_FOLLOW_UP_S = 0.02
-DISPATCH_FOLLOW_UPS = 5
+DISPATCH_FOLLOW_UP_S = 0.05
+DISPATCH_FOLLOW_UPS = 2
 SHUTDOWN_POLL_S = 0.5
-# With callbacks on, the writer thread hands the GIL back and forth with every SQLite
-# call; at the default 5 ms switch interval a busy poll or sweep thread makes it wait
-# up to 5 ms each time (tens of ms a callback). A shorter interval bounds that wait.
-GIL_SWITCH_S = 0.0005
 # Listener threads with status callbacks on: each waits for its group's commit.
 CALLBACK_HTTP_WORKERS = 64
 
@@ -509,7 +505,6 @@ class Daemon:
 
     def _add_callbacks(self, http: HealthServer) -> None:
         """The status callback route, and the writer thread that records what it accepts."""
-        sys.setswitchinterval(GIL_SWITCH_S)
         settings = self.app.settings
         tw, cb = settings.twilio, settings.callbacks
         tokens = (

@@ -12,12 +12,13 @@
     a loopback receiver. Reported: the daemon's receipt of the callback (the
     callback snapshot's `first_observed_at`) to the webhook's arrival, p50/p99/
     max, how many ends each path detected, and duplicates (must be 0).
-(b) Throughput: M conferences in `init`, all watched and polled by the daemon
-    on SQLite, the simulator moving them to in-progress and then completed;
-    `--senders` threads post signed `conference-start` then `conference-end`
-    callbacks for all of them as fast as the daemon answers. Reported: callbacks
+(b) Throughput: the daemon polls N steady in-progress conferences (list
+    sweeps, SQLite) and M more in `init`; `--senders` threads move the latter
+    to in-progress in the simulator a chunk at a time and post a signed
+    `conference-start` for each, then the same with completed and
+    `conference-end`, as fast as the daemon answers. Reported: callbacks
     answered 204 per second, how many recorded a transition (the rest found a
-    poll had been first), refusals (must be 0), and polls made meanwhile.
+    poll had been first), other answers (must be none), polls made meanwhile.
 
 Everything is real (daemon subprocess, SQLite file, simulator, HTTP on
 127.0.0.1); bounded in time; never part of the test run. Both phases share the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
+import os
 import random
 import shutil
 import signal
@@ -40,6 +42,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -57,6 +60,7 @@ SECRET = "whsec_" + base64.b64encode(b"bench-secret-bench-secret-123456").decode
 PATH = "/twilio/conference-events"
 REASON = "last-participant-left"
 INTERVAL_S = 5.0  # the default polling interval
+CHUNK = 50  # conferences whose simulated state changes just before their callbacks go
 
 
 def write_config(folder: Path, sim_url: str, port: int, hook: str | None) -> Path:
@@ -202,7 +206,9 @@ def latency(
         print(f"(a) {n} conferences watched and seen; ending them within {window:g}s ...")
         ctl.script_many(
             {
-                sid: [{"after_s": random.uniform(0, window), "status": "completed", "reason": REASON}]
+                sid: [
+                    {"after_s": random.uniform(0, window), "status": "completed", "reason": REASON}
+                ]
                 for sid in sids
             }
         )
@@ -243,7 +249,9 @@ def latency(
         f"p50 {percentile(ms, 0.5):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
         f"max {max(ms):.1f} ms (target p99 <= 200 ms)"
     )
-    print(f"    receipt -> commit: {commit}; daemon CPU {cpu:.0%} of a core, simulator {sim_cpu:.0%}")
+    print(
+        f"    receipt -> commit: {commit}; daemon CPU {cpu:.0%} of a core, simulator {sim_cpu:.0%}"
+    )
     print(
         f"    ends detected via callback {via.get('callback', 0)}, via poll/list "
         f"{via.get('poll', 0) + via.get('list', 0)}; webhooks {len(receipts.ended_at)}/{n}; "
@@ -306,41 +314,54 @@ def form(sid: str, event: str, seq: int) -> dict[str, str]:
     return fields
 
 
-def throughput(
-    args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folder: Path
-) -> None:
-    n = args.throughput_watches
+def throughput(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, folder: Path) -> None:
+    """Steady polling of `--throughput-watches` in-progress conferences, and signed
+    callbacks for `--callback-conferences` more, as fast as the daemon answers."""
+    n, m = args.throughput_watches, args.callback_conferences
     port = free_port()
     config = write_config(folder, sim_url, port, None)
     cli(config, "db", "upgrade")
-    sids = ctl.create_conferences(n, status="init", friendly_name="load{n}")
-    (folder / "load.txt").write_text("\n".join(sids) + "\n")
+    steady = ctl.create_conferences(n, status="in-progress", friendly_name="poll{n}")
+    targets = ctl.create_conferences(m, status="init", friendly_name="load{n}")
+    (folder / "load.txt").write_text("\n".join(steady + targets) + "\n")
     cli(config, "watch", "add", "--from-file", str(folder / "load.txt"))
     daemon = Daemon(config, port, folder)
     url = f"http://127.0.0.1:{port}{PATH}"
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     try:
-        daemon.wait_first_pass(folder / f"bench-{port}.db", n)
-        print(f"(b) {n} watches polled; posting {2 * n} signed callbacks ...")
+        daemon.wait_first_pass(folder / f"bench-{port}.db", n + m)
+        print(
+            f"(b) {n} steady watches polled every {INTERVAL_S:g}s; posting {2 * m} signed "
+            f"callbacks for {m} more conferences ..."
+        )
         before = metrics(port)
         polls_before = observed(port)
+        cpu_before = cpu_seconds(daemon.proc.pid)
+        own_before = sum(os.times()[:2])
         started = time.monotonic()
         for step, (status, event) in enumerate(
             (("in-progress", "conference-start"), ("completed", "conference-end")), start=1
         ):
-            ctl.script_all(sids, [{"after_s": 0, "status": status}])
-            todo = iter(sids)
+            chunks = iter([targets[i : i + CHUNK] for i in range(0, m, CHUNK)])
 
-            def send(event: str = event, seq: int = step) -> None:
+            def send(
+                status: str = status,
+                event: str = event,
+                seq: int = step,
+                chunks: Iterator[list[str]] = chunks,
+            ) -> None:
+                # Twilio's state moves a chunk at a time, just before its callbacks go.
                 while True:
                     with lock:
-                        sid = next(todo, None)
-                    if sid is None:
+                        chunk = next(chunks, None)
+                    if chunk is None:
                         return
-                    code = post(port, url, form(sid, event, seq))
-                    with lock:
-                        statuses[code] += 1
+                    ctl.script_all(chunk, [{"after_s": 0, "status": status}])
+                    for sid in chunk:
+                        code = post(port, url, form(sid, event, seq))
+                        with lock:
+                            statuses[code] += 1
 
             threads = [threading.Thread(target=send) for _ in range(args.senders)]
             for t in threads:
@@ -348,6 +369,8 @@ def throughput(
             for t in threads:
                 t.join()
         elapsed = time.monotonic() - started
+        cpu = (cpu_seconds(daemon.proc.pid) - cpu_before) / elapsed
+        own = (sum(os.times()[:2]) - own_before) / elapsed
         after = metrics(port)
         polls = observed(port) - polls_before
     finally:
@@ -358,15 +381,16 @@ def throughput(
         key = f'conference_monitor_callbacks_total{{result="{result}"}}'
         return int(after.get(key, 0) - before.get(key, 0))
 
+    others = {k: v for k, v in statuses.items() if k != 204}
     print(
         f"(b) {statuses.get(204, 0)}/{total} callbacks answered 204 in {elapsed:.1f}s: "
         f"{statuses.get(204, 0) / elapsed:.0f} callbacks/s (target >= 500/s); "
-        f"recorded {delta('accepted')}, a poll was first {delta('stale')}, "
-        f"other answers {dict((k, v) for k, v in statuses.items() if k != 204)}"
+        f"recorded {delta('accepted')}, a poll was first {delta('stale')}, other answers {others}"
     )
+    doubled = duplicates(folder / f"bench-{port}.db")
     print(
-        f"    polling meanwhile: {polls:.0f} conferences observed "
-        f"({polls / elapsed:.0f}/s); duplicates {duplicates(folder / f'bench-{port}.db')}"
+        f"    polling meanwhile: {polls:.0f} conferences observed ({polls / elapsed:.0f}/s); "
+        f"daemon CPU {cpu:.0%} of a core, load generator {own:.0%}; duplicates {doubled}"
     )
 
 
@@ -375,6 +399,7 @@ def main() -> int:
     parser.add_argument("--latency-conferences", type=int, default=1000)
     parser.add_argument("--window", type=float, default=10.0, help="seconds the ends spread over")
     parser.add_argument("--throughput-watches", type=int, default=10_000)
+    parser.add_argument("--callback-conferences", type=int, default=5000)
     parser.add_argument("--senders", type=int, default=16, help="concurrent callback posters")
     parser.add_argument("--skip", choices=("latency", "throughput"))
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")

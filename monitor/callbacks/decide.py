@@ -17,7 +17,7 @@ from monitor.db.store import Observation, WatchState
 from monitor.domain import STATUS_ORDER, Conference
 from monitor.events import NewEvent, transition_event, with_notifiers
 from monitor.lifecycle import detect
-from monitor.outcomes import Recipients
+from monitor.outcomes import ACTIVE_STATUSES, Recipients
 
 # The confirming poll comes this long after the callback: Twilio's API can lag its
 # callbacks by a second or two, and a poll that still saw the old status would
@@ -46,7 +46,12 @@ def event_time(form: CallbackForm, received_at: datetime) -> datetime:
 
 
 def decide(
-    watch: WatchState, form: CallbackForm, received_at: datetime, recipients: Recipients
+    watch: WatchState,
+    form: CallbackForm,
+    received_at: datetime,
+    recipients: Recipients,
+    *,
+    use_list: bool = False,
 ) -> Observation | str:
     """The observation to record by compare-and-set, or why there is none.
 
@@ -54,8 +59,10 @@ def decide(
     the watch has never been seen: the callback itself says the conference
     started (or ended) at its Timestamp. The observation's time is the
     receipt, so a poll that started before it is older and cannot overwrite
-    it; the events carry the callback's Timestamp. The watch is fetched
-    `CONFIRM_AFTER` later, whoever observed it until then.
+    it; the events carry the callback's Timestamp. A poll then confirms it:
+    with `use_list`, an active conference is left to its account's next list
+    sweep (which costs no request of its own); otherwise, or once it ended
+    (lists show only active ones), it is fetched `CONFIRM_AFTER` later.
     """
     if watch.callback_sequence is not None and form.sequence <= watch.callback_sequence:
         return DUPLICATE
@@ -78,7 +85,7 @@ def decide(
         "callback",
         state,
         tuple(events),
-        mode="fetch",
+        mode="list" if use_list and status in ACTIVE_STATUSES else "fetch",
         sequence=form.sequence,
         confirm_at=received_at + CONFIRM_AFTER,
     )

@@ -145,7 +145,13 @@ class CallbackWriter:
                 self.store.insert_watch(conn, form.conference_sid, form.account_sid, now)
                 watch = self.store.lock_watch(conn, form.conference_sid)
                 assert watch is not None
-            decision = decide(watch, form, item.received_at, recorder.recipients)
+            decision = decide(
+                watch,
+                form,
+                item.received_at,
+                recorder.recipients,
+                use_list=recorder.list_mode(form.account_sid),
+            )
             if isinstance(decision, str):
                 outcomes[id(item)] = decision
                 watches[form.conference_sid] = watch
@@ -173,7 +179,13 @@ class CallbackWriter:
             watch = self.store.lock_watch(conn, form.conference_sid)
             assert watch is not None
         for _attempt in range(2):
-            decision = decide(watch, form, item.received_at, recorder.recipients)
+            decision = decide(
+                watch,
+                form,
+                item.received_at,
+                recorder.recipients,
+                use_list=recorder.list_mode(form.account_sid),
+            )
             if isinstance(decision, str):
                 return decision
             if self.store.write_change(conn, decision, now, result):

@@ -23,6 +23,7 @@ from monitor.config_schema import (
     ASSEMBLED_KEYS,
     SECTIONS,
     ApiSettings,
+    CallbacksSettings,
     ConfigError,
     DatabaseSettings,
     DispatchSettings,
@@ -39,6 +40,8 @@ from monitor.config_schema import (
     Settings,
     TwilioSettings,
     check_api,
+    check_callbacks,
+    check_callbacks_need,
     check_database,
     check_dispatch,
     check_http,
@@ -50,6 +53,7 @@ from monitor.config_schema import (
 
 __all__ = [
     "ApiSettings",
+    "CallbacksSettings",
     "ConfigError",
     "DatabaseSettings",
     "DispatchSettings",
@@ -325,6 +329,7 @@ _SECTION_CHECKS = {
     "logging": check_logging,
     "api": check_api,
     "retention": check_retention,
+    "callbacks": check_callbacks,
 }
 
 
@@ -338,6 +343,7 @@ def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | No
         attrs[name] = values.attrs(keys)
         for key in ASSEMBLED_KEYS.get(name, ()):
             attrs[name].pop(keys[key].attr, None)
+    check_callbacks_need(sections["callbacks"], sections["http"], sections["twilio"])
     attrs["api"]["token_hashes"] = _token_hashes(sections["api"], ctx.environ)
     attrs["database"].setdefault("url", default_database_url(ctx.environ))
     return Settings(
@@ -353,6 +359,7 @@ def _build(raws: _Layers, notifiers: list[Any], ctx: _Context, source: Path | No
         source=source,
         api=ApiSettings(**attrs["api"]),
         retention=RetentionSettings(**attrs["retention"]),
+        callbacks=CallbacksSettings(**attrs["callbacks"]),
     )
 
 

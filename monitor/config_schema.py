@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from monitor.domain import ACCOUNT_SID_RE, API_KEY_SID_RE
 from monitor.durations import format_duration, parse_duration
+from monitor.sizes import parse_size
 from monitor.twilio.hosts import default_edge
 
 MASK = "********"
@@ -209,6 +210,23 @@ class HttpSettings:
         return self.listen
 
 
+DEFAULT_CALLBACK_PATH = "/twilio/conference-events"
+DEFAULT_CALLBACK_MAX_BODY = 64 * 1024
+# Paths the listener already serves: a callback path must not shadow them.
+_RESERVED_PATHS = ("/healthz", "/readyz", "/metrics", "/api/", "/ui")
+
+
+@dataclass(frozen=True)
+class CallbacksSettings:
+    """Twilio status callbacks on the [http] listener (signed with [twilio] auth_token)."""
+
+    enabled: bool = False
+    path: str = DEFAULT_CALLBACK_PATH
+    public_url: str | None = None  # the URL Twilio calls, as signed; else rebuilt from Host
+    watch_unknown: bool = False  # a signed callback for an unwatched conference watches it
+    max_body: int = DEFAULT_CALLBACK_MAX_BODY
+
+
 @dataclass(frozen=True)
 class ApiSettings:
     """The history API and web view on the [http] listener, and who may read them."""
@@ -285,6 +303,7 @@ class Settings:
     source: Path | None = None  # the file it came from
     api: ApiSettings = field(default_factory=ApiSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    callbacks: CallbacksSettings = field(default_factory=CallbacksSettings)
 
 
 class ConfigError(Exception):
@@ -307,6 +326,7 @@ Kind = Literal[
     "list",
     "table",
     "data",
+    "size",
 ]
 
 
@@ -375,6 +395,13 @@ SECTIONS: dict[str, dict[str, Key]] = {
         interval=("duration", "interval_s"),
         batch_size=("int", "batch_size"),
     ),
+    "callbacks": _keys(
+        enabled=("bool", "enabled"),
+        path=("str", "path"),
+        public_url=("opt_str", "public_url"),
+        watch_unknown=("bool", "watch_unknown"),
+        max_body=("size", "max_body"),
+    ),
 }
 # Keys read by monitor.config to build a setting, not copied into the dataclass.
 ASSEMBLED_KEYS = {"api": ("token_sha256", "token_file", "token_credential")}
@@ -437,6 +464,10 @@ def coerce(kind: Kind, value: Any, *, textual: bool) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"expected a string, got {toml_type(value)}")
         return _from_text(kind, value)
+    if kind == "size":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError(f"expected a size such as '64KiB', got {toml_type(value)}")
+        return parse_size(value)
     if kind == "duration":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"expected a duration such as '5s', got {toml_type(value)}")
@@ -488,6 +519,8 @@ def _from_text(kind: Kind, text: str) -> Any:
         return None if text == "" else (Secret(text) if kind == "secret" else text)
     if kind == "duration":
         return parse_duration(text)
+    if kind == "size":
+        return parse_size(text)
     if kind == "durations":
         return tuple(parse_duration(part) for part in text.split(",") if part.strip())
     if kind == "list":  # from the environment: comma-separated
@@ -741,3 +774,35 @@ def check_retention(s: SectionValues) -> None:
         s.problem("interval", "must be at least 1s")
     if not 1 <= (size := s.get("batch_size", 1)) <= 10_000:
         s.problem("batch_size", f"must be between 1 and 10000 (got {size})")
+
+
+MAX_CALLBACK_BODY = 1024 * 1024
+
+
+def check_callbacks(s: SectionValues) -> None:
+    path = s.get("path", DEFAULT_CALLBACK_PATH)
+    if not path.startswith("/") or any(c in path for c in "?# \t\r\n"):
+        s.problem("path", "must be a URL path starting with '/', without query or spaces")
+    elif path == "/" or path.startswith(_RESERVED_PATHS):
+        s.problem("path", "must not be '/' or a path the listener already serves")
+    public = s.get("public_url")
+    if public is not None and (why := url_problem(public, bare=False)):
+        s.problem("public_url", why)
+    if not 1024 <= (size := s.get("max_body", DEFAULT_CALLBACK_MAX_BODY)) <= MAX_CALLBACK_BODY:
+        s.problem("max_body", f"must be between 1KiB and 1MiB (got {size} bytes)")
+
+
+def check_callbacks_need(
+    callbacks: SectionValues, http: SectionValues, twilio: SectionValues
+) -> None:
+    """Callbacks arrive on the [http] listener and are verified with the auth token."""
+    if not callbacks.get("enabled", False):
+        return
+    if http.get("listen") is None:
+        callbacks.problem("enabled", "needs http.listen: callbacks arrive on the HTTP listener")
+    if not twilio.given("auth_token"):
+        callbacks.problem(
+            "enabled",
+            "needs twilio.auth_token (or TWILIO_AUTH_TOKEN): Twilio signs callbacks with it",
+            secret=True,
+        )

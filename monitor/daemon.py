@@ -36,10 +36,14 @@ from monitor.app import (
     effective_notifiers,
     recipients_for,
 )
+from monitor.callbacks.endpoint import CallbackEndpoint
+from monitor.callbacks.intake import Intake
+from monitor.callbacks.writer import CallbackWriter
 from monitor.config import ConfigError, Settings, load_settings
 from monitor.db.engine import require_current_schema
 from monitor.domain import Conference
 from monitor.httpapi import HealthServer
+from monitor.httppool import DEFAULT_WORKERS
 from monitor.metrics import Metrics
 from monitor.notify.base import Notifier
 from monitor.outcomes import PollPolicy
@@ -60,6 +64,12 @@ SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15
 FAILURE_LOG_EVERY_S = 60.0
 # Without a watchdog, /readyz still reports a poll loop silent for this long.
 DEFAULT_STALL_LIMIT_S = 60.0
+# After new events: dispatcher ticks this far apart, until this many in a row find nothing.
+DISPATCH_FOLLOW_UP_S = 0.05
+DISPATCH_FOLLOW_UPS = 2
+SHUTDOWN_POLL_S = 0.5
+# Listener threads with status callbacks on: each waits for its group's commit.
+CALLBACK_HTTP_WORKERS = 64
 
 
 def stall_limit_s(settings: Settings, watchdog_timeout_s: float | None) -> float:
@@ -144,6 +154,8 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.http: HealthServer | None = None
+        self.callbacks: CallbackWriter | None = None
+        self._dispatch_wake = threading.Event()
         self.last_poll_at: datetime | None = None
         # A reload swaps notifiers, recipients and polling settings as one.
         self._config_lock = threading.Lock()
@@ -172,6 +184,9 @@ class Daemon:
             logging.getLogger("apscheduler.scheduler").addFilter(_SkipMaxInstances())
             self._progress = time.monotonic()
             self.scheduler.start()
+            threading.Thread(
+                target=self._dispatch_loop, name="monitor-dispatch-soon", daemon=True
+            ).start()
             log.info(
                 "conference-monitor running: %d watches, database %s, notifiers %s",
                 sum(watches.values()),
@@ -226,6 +241,8 @@ class Daemon:
                 delivered = False
         if self.http is not None:
             self.http.stop()
+        if self.callbacks is not None:
+            self.callbacks.stop(_left(deadline))
         self.closed = True
         if not delivered:
             log.warning(
@@ -373,10 +390,30 @@ class Daemon:
             self._status_quietly()
 
     def _dispatch_soon(self) -> None:
-        """New outbox rows: run the dispatch job now rather than at its next tick."""
-        job = self.scheduler.get_job("dispatch")
-        if job is not None:  # if it is running, this run is skipped (quietly: _SkipMaxInstances)
-            job.modify(next_run_time=datetime.now(UTC))
+        """New outbox rows: claim them now rather than at the next dispatch tick."""
+        self._dispatch_wake.set()
+
+    def _dispatch_loop(self) -> None:
+        """Ticks the dispatcher as soon as rows are written, then a few times more.
+
+        A wake that comes while a notifier's workers are busy claims nothing (its
+        workers refill themselves); the follow-up ticks catch rows written just as
+        those workers ran out of work, so no event waits for the periodic tick.
+        """
+        while not self.stop_requested.is_set():
+            if not self._dispatch_wake.wait(SHUTDOWN_POLL_S):
+                continue
+            quiet = 0
+            while quiet < DISPATCH_FOLLOW_UPS and not self.stop_requested.is_set():
+                woken = self._dispatch_wake.is_set()
+                self._dispatch_wake.clear()
+                try:
+                    claimed = self.app.dispatcher.tick() if self.app.dispatcher else 0
+                except Exception as exc:  # the periodic dispatch job reports failures
+                    log.debug("dispatch failed: %s", _short(exc), extra={"event": "tick.failed"})
+                    claimed = 0
+                quiet = 0 if woken or claimed else quiet + 1
+                self.stop_requested.wait(DISPATCH_FOLLOW_UP_S)
 
     def dispatch_tick(self) -> None:
         if self.app.dispatcher is not None:
@@ -455,13 +492,44 @@ class Daemon:
     def _start_http(self) -> None:
         listen = self.app.settings.http.listen
         if listen:
-            self.http = HealthServer(listen, self.app.metrics, self.readiness)
+            callbacks = self.app.settings.callbacks.enabled
+            workers = CALLBACK_HTTP_WORKERS if callbacks else DEFAULT_WORKERS
+            self.http = HealthServer(listen, self.app.metrics, self.readiness, workers=workers)
+            if callbacks:
+                self._add_callbacks(self.http)
             register_history(self.http, self.app.engine, lambda: self.app.settings)
             self.app.metrics.set_refresher(self._refresh_status)
             self.http.start()
             host, port = self.http.address
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("health and metrics on http://%s", where, extra={"event": "http.started"})
+
+    def _add_callbacks(self, http: HealthServer) -> None:
+        """The status callback route, and the writer thread that records what it accepts."""
+        settings = self.app.settings
+        tw, cb = settings.twilio, settings.callbacks
+        tokens = (
+            {tw.account_sid: tw.auth_token.reveal()} if tw.account_sid and tw.auth_token else {}
+        )
+        intake = Intake()
+        self.callbacks = CallbackWriter(
+            self.app.store,
+            lambda: self.app.with_poller().recorder,
+            intake,
+            watch_unknown=cb.watch_unknown,
+            metrics=self.app.metrics,
+        )
+        endpoint = CallbackEndpoint(
+            tokens, intake.submit, self.app.metrics, public_url=cb.public_url
+        )
+        http.add_route(endpoint.route(cb.path, cb.max_body))
+        self.callbacks.start()
+        log.info(
+            "status callbacks on %s%s",
+            cb.path,
+            " (unknown conferences are watched)" if cb.watch_unknown else "",
+            extra={"event": "callbacks.started"},
+        )
 
     # -- reload --------------------------------------------------------------------
 
@@ -508,7 +576,7 @@ class Daemon:
         old = self.app.settings
         kept = {
             section: getattr(old, section)
-            for section in ("database", "http", "twilio", "logging")
+            for section in ("database", "http", "twilio", "logging", "callbacks")
             if getattr(new, section) != getattr(old, section)
         }
         if kept:

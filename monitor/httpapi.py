@@ -79,6 +79,7 @@ class Route:
     methods: tuple[str, ...] = ("GET", "HEAD")
     prefix: bool = False
     max_body_bytes: int = 0  # a larger declared body is refused with 413 before it is read
+    on_too_large: Callable[[], None] | None = None  # told of each such refusal (metrics)
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) if self.prefix else path == self.path
@@ -208,6 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         length = int(length_text)
         if length > route.max_body_bytes:
+            if route.on_too_large is not None:
+                route.on_too_large()
             self.close_connection = True  # the unread body must not be parsed as a request
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TEXT, b"body too large\n", True)
             return None

@@ -38,6 +38,21 @@ POLL_OUTCOMES = (
     "bad_payload",
     "error",
 )
+CALLBACK_RESULTS = (
+    "accepted",
+    "duplicate",
+    "stale",
+    "unwatched",
+    "ignored",
+    "bad_signature",
+    "unknown_account",
+    "malformed",
+    "too_large",
+    "unsupported_media",
+    "unavailable",
+)
+# Receipt to commit of a status callback: a group commit takes milliseconds.
+CALLBACK_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DELIVERY_OUTCOMES = ("delivered", "retry", "failed", "dead", "disabled")
 NOTIFIER_STATES = ("ok", "paused", "open", "probing", "disabled")
 # The outbox calls a row that will be tried again "pending"; the metric says "retry".
@@ -107,6 +122,7 @@ class Metrics:
         self._define_notifier_metrics()
         self._define_config_metrics()
         self._define_observation_metrics()
+        self._define_callback_metrics()
         if process_metrics:  # the stock collectors live on the global registry; own copies
             _ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
@@ -288,6 +304,33 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
             registry=r,
         )
+
+    def _define_callback_metrics(self) -> None:
+        r = self.registry
+        self._callbacks = Counter(
+            f"{PREFIX}_callbacks",
+            "Twilio status callbacks received, by result: accepted (recorded), duplicate "
+            "(a replayed SequenceNumber), stale (nothing new), unwatched, ignored (participant "
+            "events), or refused (bad_signature, unknown_account, malformed, too_large, "
+            "unsupported_media, unavailable).",
+            ["result"],
+            registry=r,
+        )
+        for result in CALLBACK_RESULTS:
+            self._callbacks.labels(result)
+        self._callback_seconds = Histogram(
+            f"{PREFIX}_callback_commit_seconds",
+            "Time from a status callback's receipt to the commit that recorded it.",
+            buckets=CALLBACK_BUCKETS_S,
+            registry=r,
+        )
+
+    def count_callback(self, result: str) -> None:
+        if _known(result, CALLBACK_RESULTS, "result"):
+            self._callbacks.labels(result).inc()
+
+    def callback_committed(self, seconds: float) -> None:
+        self._callback_seconds.observe(max(0.0, seconds))
 
     def observed(self, via: str, n: int = 1) -> None:
         """Count observations; a listed conference is also a successful poll of it,

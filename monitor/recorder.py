@@ -140,6 +140,11 @@ class Recorder:
         if not batch:
             return BatchResult()
         result = self.store.record(batch, utcnow())
+        self.published(result, report)
+        return result
+
+    def published(self, result: BatchResult, report: PollReport | None = None) -> None:
+        """After a commit: metrics, logs, and wake the dispatcher for new events."""
         self.metrics.persisted("changed", result.observations)
         self.metrics.dropped(result.dropped)
         self.metrics.snapshots_written(result.snapshots_written)
@@ -150,7 +155,6 @@ class Recorder:
         log_outcomes(result)
         if result.events and self.on_events is not None:
             self.on_events(result.events)
-        return result
 
     def flush_touches(self) -> int:
         """Write the buffered unchanged observations; on failure they wait for the next try."""

@@ -8,6 +8,7 @@ failing half-way with "database is locked". Read-only work passes
 
 from __future__ import annotations
 
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,18 +55,61 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    gate = WriteGate()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        readonly = connection.get_execution_options().get("readonly", False)
-        connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get("readonly", False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        gate.enter(connection.info)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            gate.leave(connection.info)
+            raise
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _on_end(connection: Any) -> None:
+        gate.leave(connection.info)
 
     return engine
+
+
+class WriteGate:
+    """Write transactions of one process take turns on a lock before `BEGIN IMMEDIATE`.
+
+    SQLite's busy handler makes a waiting writer sleep (1 ms, 2, 5 ... up to
+    100 ms at a time) and lets any other writer in meanwhile, so under steady
+    writes (polls, status callbacks, deliveries) one can wait a second for a
+    lock that was free most of that time. Threads waiting here are woken the
+    moment it is free. The wait is bounded by the busy timeout; past it the
+    transaction goes ahead and SQLite's own timeout decides, as before. Other
+    processes still queue on SQLite's lock.
+    """
+
+    _HELD = "monitor_write_gate"
+
+    def __init__(self, timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+        self._lock = threading.RLock()
+        self._timeout_s = timeout_s
+
+    def enter(self, info: dict[str, Any]) -> None:
+        if not info.get(self._HELD) and self._lock.acquire(timeout=self._timeout_s):
+            info[self._HELD] = True
+
+    def leave(self, info: dict[str, Any]) -> None:
+        # Released as the COMMIT starts: the next writer's BEGIN IMMEDIATE may meet
+        # it for a moment (one 1 ms busy wait), never a transaction in progress.
+        if info.pop(self._HELD, False):
+            self._lock.release()
 
 
 # The newest migration in migrations/versions (a unit test keeps the two equal).
 # Knowing it without importing Alembic keeps every command's start-up fast:
 # Alembic (with Mako and Pygments) is loaded only by `db upgrade`.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

@@ -96,6 +96,8 @@ class Watch(Base):
     mode: Mapped[str] = mapped_column(String(8), default="fetch", server_default="fetch")
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The last status callback accepted (its SequenceNumber): older ones are replays.
+    callback_sequence: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index(None, "status", "mode", "next_poll_at"),

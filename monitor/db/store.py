@@ -57,6 +57,7 @@ class WatchState:
     mode: str = "fetch"
     status: str = "active"
     consecutive_errors: int = 0
+    callback_sequence: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ class Observation:
     """A conference whose resource changed, ready to record against `watch.version`.
 
     `observed_at` is when the state was current (the request's start, or a
-    callback's time); `mode` is who observes the watch next (`list` hands an
-    active watch to its account's sweep).
+    callback's receipt); `mode` is who observes the watch next (`list` hands an
+    active watch to its account's sweep). A callback sets `sequence` (its
+    SequenceNumber, recorded only if newer than the watch's) and `confirm_at`:
+    the watch stays active and is fetched then, so a poll confirms what the
+    callback said and fills the fields it lacked.
     """
 
     watch: WatchState
@@ -75,6 +79,8 @@ class Observation:
     lifecycle: LifecycleState
     events: tuple[NewEvent, ...]
     mode: str = "fetch"
+    sequence: int | None = None
+    confirm_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +299,13 @@ class Store:
             last = row["last_polled_at"]
             if row["mode"] == "list" and row["status"] == "active" and swept is not None:
                 row["last_polled_at"] = swept if last is None else max(last, swept)
-            for private in ("lease_owner", "lease_until", "version", "observed_at"):
+            for private in (
+                "lease_owner",
+                "lease_until",
+                "version",
+                "observed_at",
+                "callback_sequence",
+            ):
                 row.pop(private, None)
         return rows
 
@@ -381,6 +393,7 @@ class Store:
         """
         result = BatchResult()
         with self.writing() as conn:
+            self._lock_in_order(conn, batch)
             for obs in batch.changes:
                 if self._write_change(conn, obs, now, result):
                     result.observations += 1
@@ -396,14 +409,147 @@ class Store:
             result.recovered_accounts = _end_auth_episodes(conn, batch.ok_accounts)
         return result
 
+    def _lock_in_order(self, conn: Connection, batch: Batch) -> None:
+        """On PostgreSQL, lock the batch's watch rows in SID order before writing them.
+
+        Every writer that holds several watch rows (a batch, a group of status
+        callbacks) takes them in SID order, so two never wait on each other in a
+        cycle (a deadlock that would abort one). SQLite has one writer at a time.
+        """
+        if not self.is_postgres:
+            return
+        sids = sorted(
+            {o.watch.sid for o in batch.changes} | {m.sid for m in batch.misses} | set(batch.seen)
+        )
+        for part in chunks(sids):
+            conn.execute(
+                select(W.c.sid).where(W.c.sid.in_(part)).order_by(W.c.sid).with_for_update()
+            )
+
+    def lock_watch(self, conn: Connection, sid: str) -> WatchState | None:
+        """The watch as it is inside this write transaction (row-locked on PostgreSQL;
+        SQLite's `BEGIN IMMEDIATE` already excludes other writers), so a
+        compare-and-set made from it rarely loses."""
+        query = select(W).where(W.c.sid == sid)
+        if self.is_postgres:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return watch_state(row) if row is not None else None
+
+    def lock_watches(self, conn: Connection, sids: Iterable[str]) -> dict[str, WatchState]:
+        """`lock_watch` for many, in one statement (rows locked in SID order)."""
+        found: dict[str, WatchState] = {}
+        for part in chunks(sorted(set(sids))):
+            query = select(W).where(W.c.sid.in_(part)).order_by(W.c.sid)
+            if self.is_postgres:
+                query = query.with_for_update()
+            found.update((r.sid, watch_state(r)) for r in conn.execute(query))
+        return found
+
+    def write_changes(
+        self, conn: Connection, changes: Sequence[Observation], now: datetime, result: BatchResult
+    ) -> None:
+        """Record confirming observations (callbacks) decided from rows this transaction
+        has locked: a few statements for the lot instead of several per observation.
+
+        Every change must win its compare-and-set (the rows are locked, so one
+        that does not means another writer got in): else `LostRace` is raised
+        and the caller's transaction must be rolled back and retried row by row.
+        """
+        if not changes:
+            return
+        if not self.engine.dialect.supports_sane_multi_rowcount:
+            raise LostRace("this driver cannot count an executemany's rows")
+        rows = [_snapshot_row(o) for o in changes]
+        stmt = S.insert().returning(S.c.id, sort_by_parameter_order=True)
+        ids = [int(i) for i in conn.execute(stmt, rows).scalars()]
+        claimed = conn.execute(
+            update(W)
+            .where(W.c.sid == bindparam("b_sid"), W.c.version == bindparam("b_version"))
+            .values(
+                version=bindparam("b_new_version"),
+                observed_at=bindparam("b_observed_at"),
+                last_polled_at=now,
+                last_status=bindparam("b_last_status"),
+                high_status=bindparam("b_high_status"),
+                current_hash=bindparam("b_hash"),
+                current_snapshot_id=bindparam("b_snapshot"),
+                first_not_found_at=None,
+                last_error=None,
+                consecutive_errors=0,
+                status="active",  # a confirming poll is due: it ends the watch if terminal
+                mode=bindparam("b_mode"),
+                lease_owner=None,
+                lease_until=None,
+                callback_sequence=bindparam("b_sequence"),
+                next_poll_at=bindparam("b_confirm_at"),
+            ),
+            [_cas_params(o, i) for o, i in zip(changes, ids, strict=True)],
+        ).rowcount
+        if claimed != len(changes):
+            raise LostRace(f"{len(changes) - claimed} of {len(changes)} changes lost their CAS")
+        result.snapshots_written += len(changes)
+        result.observations += len(changes)
+        events = [(e, i) for o, i in zip(changes, ids, strict=True) for e in o.events]
+        result.events.extend(self._write_events_many(conn, events))
+
+    def _write_events_many(
+        self, conn: Connection, events: Sequence[tuple[NewEvent, int]]
+    ) -> list[NewEvent]:
+        """Insert events in one statement, skipping a started/ended already recorded."""
+        once = ("conference.started", "conference.ended")
+        sids = sorted({e.conference_sid for e, _ in events if e.type in once and e.conference_sid})
+        taken: set[tuple[str, str]] = set()
+        for part in chunks(sids):
+            query = select(E.c.conference_sid, E.c.type).where(
+                E.c.conference_sid.in_(part), E.c.type.in_(once)
+            )
+            taken |= {(r.conference_sid, r.type) for r in conn.execute(query)}
+        written = [e for e, _ in events if (e.conference_sid, e.type) not in taken]
+        if written:
+            snapshot_of = {e.id: i for e, i in events}
+            rows = [_event_row(e, snapshot_of[e.id]) for e in written]
+            conn.execute(E.insert(), rows)  # a conflict now is a bug: it fails the batch
+        outbox = [_delivery_row(e, name) for e in written for name in e.notifiers]
+        if outbox:
+            conn.execute(D.insert(), outbox)
+        return written
+
+    def insert_watch(self, conn: Connection, sid: str, account_sid: str, now: datetime) -> bool:
+        """Watch `sid` unless it already is (a concurrent insert wins quietly)."""
+        stmt = self.insert_ignoring_conflicts(W).returning(W.c.sid)
+        added = conn.execute(stmt, [_new_watch(sid, account_sid, None, now, "fetch")]).first()
+        if added is not None:
+            self._ensure_sweep_row(conn, account_sid, now)
+        return added is not None
+
+    def write_change(
+        self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
+    ) -> bool:
+        """Record one observation inside the caller's transaction; False if the CAS lost."""
+        if self._write_change(conn, obs, now, result):
+            result.observations += 1
+            return True
+        result.dropped += 1
+        return False
+
     def _write_change(
         self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
     ) -> bool:
         c, w, state = obs.conference, obs.watch, obs.lifecycle
         newer_known = W.c.observed_at.is_not(None) & (W.c.observed_at > obs.observed_at)
+        where = [W.c.sid == c.sid, W.c.version == w.version, ~newer_known]
+        extra: dict[str, object] = {}
+        if obs.sequence is not None:
+            seq = W.c.callback_sequence
+            where.append(seq.is_(None) | (seq < obs.sequence))
+            extra["callback_sequence"] = obs.sequence
+        if obs.confirm_at is not None:
+            extra["next_poll_at"] = obs.confirm_at
+        confirming = obs.confirm_at is not None
         claimed = conn.execute(
             update(W)
-            .where(W.c.sid == c.sid, W.c.version == w.version, ~newer_known)
+            .where(*where)
             .values(
                 version=w.version + 1,
                 observed_at=obs.observed_at,
@@ -414,10 +560,11 @@ class Store:
                 first_not_found_at=None,
                 last_error=None,
                 consecutive_errors=0,
-                status="completed" if state.terminal else "active",
+                status="completed" if state.terminal and not confirming else "active",
                 mode=obs.mode,
                 lease_owner=None,
                 lease_until=None,
+                **extra,
             )
         ).rowcount
         if not claimed:
@@ -521,7 +668,30 @@ def watch_state(r: Any) -> WatchState:
         mode=r.mode,
         status=r.status,
         consecutive_errors=r.consecutive_errors,
+        callback_sequence=r.callback_sequence,
     )
+
+
+class LostRace(RuntimeError):
+    """A batched write found a row changed under it; roll back and retry row by row."""
+
+
+def _cas_params(obs: Observation, snapshot_id: int) -> dict[str, object]:
+    if obs.sequence is None or obs.confirm_at is None:
+        raise ValueError("write_changes records callbacks (a sequence and a confirming poll)")
+    return {
+        "b_sid": obs.watch.sid,
+        "b_version": obs.watch.version,
+        "b_new_version": obs.watch.version + 1,
+        "b_observed_at": obs.observed_at,
+        "b_last_status": obs.lifecycle.last_status,
+        "b_high_status": obs.lifecycle.high_status,
+        "b_hash": obs.conference.content_hash,
+        "b_snapshot": snapshot_id,
+        "b_mode": obs.mode,
+        "b_sequence": obs.sequence,
+        "b_confirm_at": obs.confirm_at,
+    }
 
 
 def _differs(column: Any, value: str | None) -> Any:
@@ -585,29 +755,27 @@ def _new_watch(
 
 
 def _insert_snapshot(conn: Connection, obs: Observation) -> int:
+    return int(conn.execute(S.insert().values(**_snapshot_row(obs)).returning(S.c.id)).scalar_one())
+
+
+def _snapshot_row(obs: Observation) -> dict[str, object]:
     c = obs.conference
-    return int(
-        conn.execute(
-            S.insert()
-            .values(
-                conference_sid=c.sid,
-                account_sid=c.account_sid,
-                status=c.status,
-                friendly_name=c.friendly_name,
-                region=c.region,
-                reason_conference_ended=c.reason_conference_ended,
-                call_sid_ending_conference=c.call_sid_ending_conference,
-                date_created=c.date_created,
-                date_updated=c.date_updated,
-                content_hash=c.content_hash,
-                raw_json=c.raw_json(),
-                detected_via=obs.detected_via,
-                first_observed_at=obs.observed_at,
-                last_observed_at=obs.observed_at,
-                observation_count=1,
-            )
-            .returning(S.c.id)
-        ).scalar_one()
+    return dict(
+        conference_sid=c.sid,
+        account_sid=c.account_sid,
+        status=c.status,
+        friendly_name=c.friendly_name,
+        region=c.region,
+        reason_conference_ended=c.reason_conference_ended,
+        call_sid_ending_conference=c.call_sid_ending_conference,
+        date_created=c.date_created,
+        date_updated=c.date_updated,
+        content_hash=c.content_hash,
+        raw_json=c.raw_json(),
+        detected_via=obs.detected_via,
+        first_observed_at=obs.observed_at,
+        last_observed_at=obs.observed_at,
+        observation_count=1,
     )
 
 

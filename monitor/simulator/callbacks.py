@@ -1,4 +1,4 @@
-"""Twilio-style status callbacks: signed form POSTs from one background thread."""
+"""Twilio-style status callbacks: signed form POSTs from a few background threads."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from monitor.simulator.state import CallbackEvent
 _log = logging.getLogger(__name__)
 
 CALLBACK_TIMEOUT_S = 2.0
+SENDERS = 32
 
 
 def twilio_signature(url: str, params: Mapping[str, str], auth_token: str) -> str:
@@ -27,31 +28,39 @@ def twilio_signature(url: str, params: Mapping[str, str], auth_token: str) -> st
 
 
 class CallbackSender:
-    """Posts signed callbacks from one thread; failures are logged and dropped, as Twilio does."""
+    """Posts signed callbacks from a few threads, as Twilio does; failures are logged and
+    dropped. One conference's callbacks always go through the same thread, in order."""
 
-    def __init__(self, auth_token: str) -> None:
+    def __init__(self, auth_token: str, senders: int = SENDERS) -> None:
         self._auth_token = auth_token
-        self._queue: queue.Queue[CallbackEvent | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
+        self._queues: list[queue.Queue[CallbackEvent | None]] = [
+            queue.Queue() for _ in range(senders)
+        ]
+        self._threads: list[threading.Thread] = []
         # Loopback receivers in tests: never route a callback through an environment proxy.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def enqueue(self, events: list[CallbackEvent]) -> None:
         for event in events:
-            self._queue.put(event)
+            self._queues[hash(event.conference_sid) % len(self._queues)].put(event)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sim-callbacks", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(q,), name="sim-callbacks", daemon=True)
+            for q in self._queues
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
-    def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
+    def _run(self, q: queue.Queue[CallbackEvent | None]) -> None:
+        while (event := q.get()) is not None:
             self._post(event)
 
     def _post(self, event: CallbackEvent) -> None:

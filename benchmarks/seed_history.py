@@ -32,7 +32,7 @@ COLUMNS = {
     "reason_conference_ended call_sid_ending_conference date_created date_updated content_hash "
     "raw_json detected_via first_observed_at last_observed_at observation_count",
     "events": "id type conference_sid account_sid snapshot_id from_status to_status skipped "
-    "reason_conference_ended call_sid_ending_conference occurred_at body",
+    "reason_conference_ended call_sid_ending_conference occurred_at body duration_s",
     "deliveries": "id event_id notifier event_type conference_sid status attempts created_at "
     "next_attempt_at delivered_at last_status_code",
     "delivery_attempts": "id delivery_id attempted_at status_code duration_ms",
@@ -125,7 +125,7 @@ class Seeder:
             rows["events"].append(
                 (event_id, kind, sid, ACCOUNT, snapshot, before, after, "",
                  data["reason_conference_ended"], data["call_sid_ending_conference"], observed,
-                 body)
+                 body, (at - created).total_seconds() if ended else None)
             )  # fmt: skip
             if kind in ("conference.started", "conference.ended"):
                 self.delivery_id += 1

@@ -37,6 +37,21 @@ class NewEvent:
         return data
 
 
+def duration_s(event: NewEvent) -> float | None:
+    """Twilio's own duration of an ended conference (date_updated - date_created), as
+    the history summary reports it; None for other events, or when a date is
+    missing (a status callback's end carries no `date_created`)."""
+    if event.type != EventType.ENDED:
+        return None
+    data = event.data
+    try:
+        start = datetime.fromisoformat(str(data["date_created"]).replace("Z", "+00:00"))
+        end = datetime.fromisoformat(str(data["date_updated"]).replace("Z", "+00:00"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (end - start).total_seconds()
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 

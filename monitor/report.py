@@ -40,21 +40,19 @@ def summary(
     window = history.Window(since, until)
     with history.reading(engine) as conn:
         counts = history.event_counts(conn, EVENT_TYPES, window)
-        ends = history.ends(conn, window)
-        timed = sorted(
-            (
-                (float(d), sid, event_id, reason)
-                for event_id, sid, reason, d in ends
-                if d is not None
-            ),
-            key=lambda t: (-t[0], t[1]),
-        )[:top]
+        reasons_found = history.end_reasons(conn, window)
+        durations = history.end_durations(conn, window)
+        timed = [
+            (float(d), sid, event_id, reason)
+            for event_id, sid, reason, d in history.longest_ends(conn, window, top)
+        ]
         details = history.end_details(conn, [t[2] for t in timed])
         watches = history.watch_counts(conn, window)
         outstanding = history.outstanding_deliveries(conn)
         failing = history.failing_accounts(conn)
-    reasons = Counter(reason or "unknown" for _, _, reason, _ in ends)
-    durations = sorted(float(d) for *_, d in ends if d is not None)
+    reasons: Counter[str] = Counter()
+    for reason, n in reasons_found.items():
+        reasons[reason or "unknown"] += n
     longest = [
         {
             "sid": sid,

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table, insert, update
 
 from monitor.db.models import AccountState, Delivery, DeliveryAttempt, Event, Snapshot, Watch
 from monitor.domain import Conference, EventType, Transition, fingerprint
-from monitor.events import NewEvent, transition_event, watch_event
+from monitor.events import NewEvent, duration_s, transition_event, watch_event
 
 W, S, E, D, A = (
     cast(Table, m.__table__) for m in (Watch, Snapshot, Event, Delivery, DeliveryAttempt)
@@ -199,6 +199,7 @@ def _event(
             call_sid_ending_conference=event.call_sid_ending_conference,
             occurred_at=event.occurred_at,
             body=event.body,
+            duration_s=duration_s(event),
         )
     )
     written.event_ids.append(event.id)

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, and_, func, literal, or_, select, text, union_all
+from sqlalchemy import (
+    Engine,
+    Table,
+    and_,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 
 from monitor.db.models import AccountState, Delivery, DeliveryAttempt, Event, Snapshot, Watch
@@ -284,23 +295,37 @@ def event_counts(conn: Connection, types: Sequence[str], window: Window) -> dict
     return {kind: int(n) for kind, n in conn.execute(union_all(*parts))}
 
 
-def _seconds_between(conn: Connection, start: Any, end: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        return func.extract("epoch", end - start)
-    return (func.julianday(end) - func.julianday(start)) * 86400.0
+def _ended(columns: Sequence[Any], window: Window) -> Any:
+    """Ended events in the window. The type is a literal, not a bound parameter, so
+    the planner can use the partial covering index `ix_events_ended_window`."""
+    query = select(*columns).where(E.c.type == literal_column(f"'{ENDED}'"))
+    return _window(query, E.c.occurred_at, window)
 
 
-def ends(conn: Connection, window: Window) -> list[Any]:
-    """(id, sid, reason, duration_s) of each `conference.ended` in the window, the duration
-    Twilio's own (date_updated at the end minus date_created); None if unknown. One pass,
-    no datetimes converted: counts, percentiles and the longest come from these rows."""
-    seconds = _seconds_between(conn, S.c.date_created, S.c.date_updated)
-    query = _window(
-        select(E.c.id, E.c.conference_sid, E.c.reason_conference_ended, seconds)
-        .select_from(E.outerjoin(S, S.c.id == E.c.snapshot_id))
-        .where(E.c.type == ENDED),
-        E.c.occurred_at,
-        window,
+def end_reasons(conn: Connection, window: Window) -> dict[str | None, int]:
+    """How many conferences ended in the window, by end reason (None: not given)."""
+    reason = E.c.reason_conference_ended
+    query = _ended([reason, func.count()], window).group_by(reason)
+    return {r: int(n) for r, n in conn.execute(query)}
+
+
+def end_durations(conn: Connection, window: Window) -> list[float]:
+    """Twilio's own durations (date_updated minus date_created at the end, stored with
+    each ended event), ascending; ends of unknown duration are left out."""
+    duration = E.c.duration_s
+    query = _ended([duration], window).where(duration.is_not(None))
+    return sorted(float(d) for d in conn.scalars(query))  # faster here than SQL's sort
+
+
+def longest_ends(conn: Connection, window: Window, top: int) -> list[Any]:
+    """(id, sid, reason, duration_s) of the `top` longest conferences ended in the window."""
+    duration = E.c.duration_s
+    columns = [E.c.id, E.c.conference_sid, E.c.reason_conference_ended, duration]
+    query = (
+        _ended(columns, window)
+        .where(duration.is_not(None))
+        .order_by(duration.desc(), E.c.conference_sid)
+        .limit(top)
     )
     return list(conn.execute(query).all())
 

@@ -58,6 +58,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 ONCE_PER_CONFERENCE = "type IN ('conference.started', 'conference.ended')"
+ENDED_ONLY = "type = 'conference.ended'"
 
 
 class Base(DeclarativeBase):
@@ -154,6 +155,8 @@ class Event(Base):
     call_sid_ending_conference: Mapped[str | None] = mapped_column(String(34))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     body: Mapped[str] = mapped_column(Text)
+    # conference.ended only: Twilio's date_updated - date_created at the end, if known.
+    duration_s: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index(None, "occurred_at", "id"),  # keyset paging and retention
@@ -169,6 +172,18 @@ class Event(Base):
             unique=True,
             sqlite_where=text(ONCE_PER_CONFERENCE),
             postgresql_where=text(ONCE_PER_CONFERENCE),
+        ),
+        # The summary's ends in a window, read from the index alone.
+        Index(
+            "ix_events_ended_window",
+            "type",  # leading, so the planner prefers it to (type, occurred_at, id)
+            "occurred_at",
+            "id",
+            "conference_sid",
+            "reason_conference_ended",
+            "duration_s",
+            sqlite_where=text(ENDED_ONLY),
+            postgresql_where=text(ENDED_ONLY),
         ),
     )
 

@@ -29,7 +29,7 @@ from sqlalchemy.sql.dml import Insert
 
 from monitor.db.models import AccountState, AccountSweep, Delivery, Event, Snapshot, Watch
 from monitor.domain import Conference
-from monitor.events import NewEvent
+from monitor.events import NewEvent, duration_s
 from monitor.lifecycle import LifecycleState
 
 ACCOUNTS = cast(Table, AccountState.__table__)
@@ -813,6 +813,7 @@ def _event_row(e: NewEvent, snapshot_id: int | None) -> dict[str, object]:
         "call_sid_ending_conference": e.call_sid_ending_conference,
         "occurred_at": e.occurred_at,
         "body": e.body,
+        "duration_s": duration_s(e),
     }
 
 

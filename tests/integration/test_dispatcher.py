@@ -436,9 +436,12 @@ def test_a_batch_longer_than_the_lease_keeps_its_rows(
     hook = hooks(slowly)
     outbox = Outbox(engine)
     events = lifecycle(Store(engine), 8, ("hook",))  # 8 rows in one batch: ~2 s of work
-    lease = {"lease_s": 0.6, "attempt_margin_s": 0.1}
-    one = dispatchers(outbox, {"hook": webhook("hook", hook, 0.5)}, **lease)
-    two = dispatchers(outbox, {"hook": webhook("hook", hook, 0.5)}, **lease)
+    # One at a time, each attempt with room to spare on a loaded machine (a timeout
+    # would be retried, and the receiver would rightly see that event twice); the
+    # lease is one attempt's budget (1.1 s), about half the batch.
+    lease = {"lease_s": 0.6, "attempt_margin_s": 0.1, "concurrency": 1}
+    one = dispatchers(outbox, {"hook": webhook("hook", hook, 1.0)}, **lease)
+    two = dispatchers(outbox, {"hook": webhook("hook", hook, 1.0)}, **lease)
     assert one.tick() == 8
     stop = threading.Event()
 

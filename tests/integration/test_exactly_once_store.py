@@ -190,3 +190,40 @@ def test_two_upgrades_at_once_migrate_once(pg_url: str) -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+def test_migration_gives_existing_ends_their_duration(db_url: str) -> None:
+    """0006 fills `events.duration_s` of each earlier end from its snapshot's dates."""
+    engine = make_engine(db_url)
+    try:
+        command.upgrade(alembic_config(engine), "0005")
+        naive = T0.replace(tzinfo=None)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO snapshots (id, conference_sid, account_sid, status, date_created,"
+                    " date_updated, content_hash, raw_json, detected_via, first_observed_at,"
+                    " last_observed_at, observation_count) VALUES (7, :s, :a, 'completed', :c, :u,"
+                    " 'h', '{}', 'poll', :u, :u, 1)"
+                ),
+                {"s": sid(1), "a": ACCOUNT, "c": naive, "u": naive + timedelta(seconds=754.5)},
+            )
+            for event_id, kind, conference, snapshot in (
+                ("evt_e", "conference.ended", 1, 7),
+                ("evt_s", "conference.started", 1, 7),
+                ("evt_x", "conference.ended", 2, None),  # no snapshot: unknown
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO events (id, type, conference_sid, snapshot_id, skipped,"
+                        " occurred_at, body) VALUES (:i, :t, :s, :snap, '', :at, '{}')"
+                    ),
+                    {"i": event_id, "t": kind, "s": sid(conference), "snap": snapshot, "at": naive},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            found = dict(conn.execute(select(Event.id, Event.duration_s)).all())  # type: ignore[arg-type]
+        # SQLite's julianday() is exact to about 10 µs; the summary rounds to ms.
+        assert found == {"evt_e": pytest.approx(754.5, abs=1e-3), "evt_s": None, "evt_x": None}
+    finally:
+        engine.dispose()

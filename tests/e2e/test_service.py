@@ -274,6 +274,12 @@ def test_ready_status_watchdog_reload_and_stopping(
             stamp = int(sd.messages()[reloading].fields["MONOTONIC_USEC"])
             assert before_usec <= stamp <= after_usec
             ready_again = sd.index_of("READY", "1", reloading)
+            # STATUS= is a datagram of its own, sent just after READY=1.
+            wait_for(
+                lambda: any("STATUS" in m.fields for m in sd.messages()[ready_again:]),
+                10,
+                "a STATUS= after the reload",
+            )
             status = sd.messages()[sd.index_of("STATUS", None, ready_again)].fields["STATUS"]
             assert re.fullmatch(
                 r"1 active watches, last poll \d\d:\d\d:\d\d, 0 deliveries pending", status

@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -48,7 +47,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from benchlib import Receipts, cpu_seconds, free_port, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
 from sqlalchemy import create_engine, text
 
 from monitor.callbacks.signature import compute
@@ -95,25 +94,6 @@ level = "WARNING"
 {notifier}"""
     )
     return path
-
-
-def cli(config: Path, *argv: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "monitor", *argv, "--config", str(config)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        body = r.read().decode()
-    out: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("conference_monitor_"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def observed(port: int) -> float:

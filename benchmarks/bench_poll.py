@@ -23,11 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from benchlib import Receipts, cpu_seconds, free_port, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
 
 from monitor.domain import END_REASONS
 from monitor.simulator.control import SimulatorControl
@@ -38,12 +37,8 @@ from monitor.simulator.state import DEFAULT_ACCOUNT_SID
 def observations(db: Path, port: int) -> tuple[int, int]:
     """(observations received from Twilio so far, snapshot rows). Unchanged observations
     reach the database about once a minute, so the count comes from `/metrics`."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        body = r.read().decode()
     total = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in body.splitlines()
-        if line.startswith("conference_monitor_observations_total{")
+        v for k, v in metrics(port).items() if k.startswith("conference_monitor_observations_total{")
     )
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         (rows,) = conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()
@@ -92,14 +87,6 @@ secret = "{SECRET}"
 """
     )
     return path
-
-
-def cli(config: Path, *args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "monitor", *args, "--config", str(config)],
-        check=True,
-        capture_output=True,
-    )
 
 
 def main() -> int:

@@ -36,12 +36,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
-from benchlib import Receipts, cpu_seconds, free_port, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -59,17 +58,6 @@ def rss_mb(pid: int) -> tuple[float, float]:
     now = int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
     peak = int(re.search(r"VmHWM:\s+(\d+)", status)[1])  # type: ignore[index]
     return now / 1024, peak / 1024
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        body = r.read().decode()
-    out: dict[str, float] = {}
-    for line in body.splitlines():
-        if line.startswith("conference_monitor_") and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def observed(sample: dict[str, float]) -> float:
@@ -118,14 +106,6 @@ level = "WARNING"
 {notifier}"""
     )
     return path
-
-
-def cli(config: Path, *argv: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "monitor", *argv, "--config", str(config)],
-        check=True,
-        capture_output=True,
-    )
 
 
 def duplicates(db_url: str) -> int:

@@ -1,12 +1,16 @@
-"""What several benchmarks share: process CPU, free ports, percentiles, a webhook receiver."""
+"""What several benchmarks share: process CPU, free ports, percentiles, the CLI, a
+daemon's metrics, a webhook receiver."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,6 +32,27 @@ def free_port() -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def cli(config: Path, *argv: str) -> None:
+    """Run `conference-monitor ARGV --config CONFIG` as a user would; fail loudly."""
+    subprocess.run(
+        [sys.executable, "-m", "monitor", *argv, "--config", str(config)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def metrics(port: int) -> dict[str, float]:
+    """A daemon's `/metrics` samples by full name, labels included."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        body = r.read().decode()
+    out: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith("conference_monitor_"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 class Receipts:

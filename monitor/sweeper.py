@@ -32,10 +32,10 @@ LISTED_STATUSES = ("in-progress", "init")
 # Sweeps of an account that have not succeeded for this many intervals (and nobody
 # holds a live sweep lease): its watches fall back to one-by-one fetching.
 STALE_AFTER_INTERVALS = 2
-ACCOUNTS_TTL_S = 5.0
+ACCOUNTS_TTL_S = 5.0  # a new account's first sweep waits at most this long
 # The last sweeper starts the next sweep at its due time, others this much later
 # (at most a quarter interval), so sweeps stay with one live instance.
-STICKY_GRACE_S = 1.0  # a new account's first sweep waits at most this long
+STICKY_GRACE_S = 1.0
 
 
 class SweepAborted(Exception):
@@ -79,6 +79,7 @@ class Sweeper:
         self.use_list = use_list
         self.discover = discover
         self.owner = owner_id(self)
+        self.grace_s = min(STICKY_GRACE_S, interval_s / 4)
         # Accounts whose sweeps keep failing: their watches are fetched one by one
         # (and not handed back to the sweep) until a sweep succeeds again.
         self.stale_accounts: set[str] = set()
@@ -100,14 +101,13 @@ class Sweeper:
             if time.monotonic() < self._not_before.get(account, -math.inf):
                 continue
             self._fall_back_if_stale(account)
-            grace_s = min(STICKY_GRACE_S, self.interval_s / 4)
             if self.sweeps.try_start(
-                account, self.owner, utcnow(), self.interval_s, self.lease_s, grace_s
+                account, self.owner, utcnow(), self.interval_s, self.lease_s, self.grace_s
             ):
                 self._not_before.pop(account, None)
                 reports.append(self.sweep(account, stop))
             else:
-                due_s = self.sweeps.due_in(account, self.owner, utcnow(), grace_s)
+                due_s = self.sweeps.due_in(account, self.owner, utcnow(), self.grace_s)
                 wait_s = min(due_s, self.interval_s)
                 self._not_before[account] = time.monotonic() + wait_s
         return reports

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from monitor.callbacks.decide import STALE, advanced, decide
 from monitor.callbacks.intake import UNAVAILABLE, Intake, Pending
-from monitor.db.store import BatchResult, LostRace, Store
+from monitor.db.store import BatchResult, LostRace, Observation, Store, WatchState
 from monitor.metrics import Metrics
 from monitor.recorder import Recorder
 
@@ -137,21 +137,11 @@ class CallbackWriter:
         changes = []
         for item in ordered:
             form = item.form
-            watch = watches.get(form.conference_sid)
+            watch = watches.get(form.conference_sid) or self._auto_watch(conn, item, now)
             if watch is None:
-                if not self.watch_unknown:
-                    outcomes[id(item)] = UNWATCHED
-                    continue
-                self.store.insert_watch(conn, form.conference_sid, form.account_sid, now)
-                watch = self.store.lock_watch(conn, form.conference_sid)
-                assert watch is not None
-            decision = decide(
-                watch,
-                form,
-                item.received_at,
-                recorder.recipients,
-                use_list=recorder.list_mode(form.account_sid),
-            )
+                outcomes[id(item)] = UNWATCHED
+                continue
+            decision = _decide(watch, item, recorder)
             if isinstance(decision, str):
                 outcomes[id(item)] = decision
                 watches[form.conference_sid] = watch
@@ -171,21 +161,13 @@ class CallbackWriter:
         result: BatchResult,
     ) -> str:
         form = item.form
-        watch = self.store.lock_watch(conn, form.conference_sid)
+        watch = self.store.lock_watch(conn, form.conference_sid) or self._auto_watch(
+            conn, item, now
+        )
         if watch is None:
-            if not self.watch_unknown:
-                return UNWATCHED
-            self.store.insert_watch(conn, form.conference_sid, form.account_sid, now)
-            watch = self.store.lock_watch(conn, form.conference_sid)
-            assert watch is not None
+            return UNWATCHED
         for _attempt in range(2):
-            decision = decide(
-                watch,
-                form,
-                item.received_at,
-                recorder.recipients,
-                use_list=recorder.list_mode(form.account_sid),
-            )
+            decision = _decide(watch, item, recorder)
             if isinstance(decision, str):
                 return decision
             if self.store.write_change(conn, decision, now, result):
@@ -197,6 +179,14 @@ class CallbackWriter:
             watch = again
         return STALE
 
+    def _auto_watch(self, conn: Connection, item: Pending, now: datetime) -> WatchState | None:
+        """With `watch_unknown`, watch an unwatched conference in this transaction."""
+        if not self.watch_unknown:
+            return None
+        form = item.form
+        self.store.insert_watch(conn, form.conference_sid, form.account_sid, now)
+        return self.store.lock_watch(conn, form.conference_sid)
+
     def _answer(self, item: Pending, outcome: str) -> None:
         self.metrics.count_callback(outcome)
         if outcome != UNAVAILABLE:
@@ -206,3 +196,14 @@ class CallbackWriter:
 
 def _retryable(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
+
+
+def _decide(watch: WatchState, item: Pending, recorder: Recorder) -> Observation | str:
+    form = item.form
+    return decide(
+        watch,
+        form,
+        item.received_at,
+        recorder.recipients,
+        use_list=recorder.list_mode(form.account_sid),
+    )

@@ -187,6 +187,10 @@ _POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 class GuardedAdapter(HTTPAdapter):
     """An HTTPAdapter whose connections obey the calling thread's `Deadline`."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._pool_keys: dict[Any, Any] = {}  # see build_connection_pool_key_attributes
+        super().__init__(*args, **kwargs)
+
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
@@ -198,12 +202,11 @@ class GuardedAdapter(HTTPAdapter):
         requests stats it on every request, a tenth of a fetch's CPU."""
         scheme, netloc = urlsplit(request.url)[:2]
         key = (scheme, netloc, verify, cert)
-        cache: dict[Any, Any] = self.__dict__.setdefault("_pool_key_cache", {})
-        found = cache.get(key)
+        found = self._pool_keys.get(key)
         if found is None:
             found = super().build_connection_pool_key_attributes(request, verify, cert)
-            if len(cache) < 64:
-                cache[key] = found
+            if len(self._pool_keys) < 64:
+                self._pool_keys[key] = found
         host_params, pool_kwargs = found
         return dict(host_params), dict(pool_kwargs)
 

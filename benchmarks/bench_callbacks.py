@@ -47,7 +47,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile, profile
 from sqlalchemy import create_engine, text
 
 from monitor.callbacks.signature import compute
@@ -192,7 +192,7 @@ def latency(
                 for sid in sids
             }
         )
-        spy = _profile(args, daemon.proc.pid, window)
+        spy = profile(args.profile, daemon.proc.pid, window)
         cpu_before, wall_before = cpu_seconds(daemon.proc.pid), time.monotonic()
         sim_before = cpu_seconds(sim_pid)
         deadline = time.monotonic() + window + 30
@@ -237,17 +237,6 @@ def latency(
         f"{via.get('poll', 0) + via.get('list', 0)}; webhooks {len(receipts.ended_at)}/{n}; "
         f"duplicates {duplicates(db)}"
     )
-
-
-def _profile(args: argparse.Namespace, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy on the daemon while the conferences end (`--profile out.txt|out.svg`)."""
-    if not args.profile:
-        return None
-    fmt = "raw" if args.profile.endswith(".txt") else "flamegraph"
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    command = [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-o", args.profile]
-    command += ["--nonblocking", "--gil", "-f", fmt]  # CPU, not waits
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _histogram(sample: dict[str, float], name: str) -> str:
@@ -320,6 +309,7 @@ def throughput(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, fo
         cpu_before = cpu_seconds(daemon.proc.pid)
         own_before = sum(os.times()[:2])
         started = time.monotonic()
+        spy = profile(args.profile_throughput, daemon.proc.pid, 20)
         for step, (status, event) in enumerate(
             (("in-progress", "conference-start"), ("completed", "conference-end")), start=1
         ):
@@ -353,6 +343,8 @@ def throughput(args: argparse.Namespace, ctl: SimulatorControl, sim_url: str, fo
         own = (sum(os.times()[:2]) - own_before) / elapsed
         after = metrics(port)
         polls = observed(port) - polls_before
+        if spy is not None:
+            spy.wait()
     finally:
         daemon.stop()
     total = sum(statuses.values())
@@ -384,6 +376,9 @@ def main() -> int:
     parser.add_argument("--skip", choices=("latency", "throughput"))
     parser.add_argument("--keep", action="store_true", help="keep the databases and logs")
     parser.add_argument("--profile", help="py-spy output of the daemon in phase (a): .txt or .svg")
+    parser.add_argument(
+        "--profile-throughput", help="py-spy output of the daemon in phase (b), its first 20 s"
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="cm-callbacks-"))
     sim_port = free_port()

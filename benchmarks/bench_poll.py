@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile, profile
 
 from monitor.domain import END_REASONS
 from monitor.simulator.control import SimulatorControl
@@ -98,6 +98,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--transitions", type=int, default=200, help="ends scripted in window")
     parser.add_argument("--fetch-only", action="store_true", help="polling.use_list = false")
+    parser.add_argument("--profile", help="py-spy output of the daemon in the window: .txt or .svg")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="cm-bench-"))
@@ -134,7 +135,10 @@ def main() -> int:
                 observations(db, port),
                 time.monotonic(),
             )
+            spy = profile(args.profile, daemon.pid, args.seconds)
             time.sleep(args.seconds)
+            if spy is not None:
+                spy.wait()
             cpu1, (obs1, rows1), t1 = (
                 cpu_seconds(daemon.pid),
                 observations(db, port),

@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile
+from benchlib import Receipts, cli, cpu_seconds, free_port, metrics, percentile, profile
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -159,7 +159,7 @@ def main() -> int:
     parser.add_argument("--pg", help="PostgreSQL admin URL (a scratch database is made)")
     parser.add_argument("--ending", type=float, default=0.0, help="%% ending per interval")
     parser.add_argument("--first-pass-timeout", type=float, default=900.0)
-    parser.add_argument("--profile", help="write a py-spy flame graph of daemon 0 here (SVG)")
+    parser.add_argument("--profile", help="py-spy output of daemon 0 while measuring: .txt or .svg")
     args = parser.parse_args()
     interval = parse_duration(args.interval)
     folder = Path(tempfile.mkdtemp(prefix="cm-scale-"))
@@ -203,7 +203,7 @@ def main() -> int:
             time.sleep(1)
         print(f"first pass in {time.monotonic() - first:.1f}s; measuring ...", flush=True)
         time.sleep(interval)  # let the pass that follows the first settle
-        spy = _profile(args, daemons[0][0].pid, interval)
+        spy = profile(args.profile, daemons[0][0].pid, interval * args.intervals)
         report = _measure(args, ctl, daemons, sids, interval)
         if spy is not None:
             spy.wait(timeout=60)
@@ -229,29 +229,6 @@ def main() -> int:
             admin.dispose()
         shutil.rmtree(folder, ignore_errors=True)
     return 0
-
-
-def _profile(args: argparse.Namespace, pid: int, interval: float) -> subprocess.Popen[bytes] | None:
-    if not args.profile:
-        return None
-    seconds = str(int(interval * args.intervals))
-    return subprocess.Popen(
-        [
-            shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            seconds,
-            "-o",
-            args.profile,
-            "--nonblocking",
-            "-f",
-            "raw" if args.profile.endswith(".txt") else "flamegraph",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _wait_up(ctl: SimulatorControl) -> None:

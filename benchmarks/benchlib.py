@@ -1,10 +1,11 @@
 """What several benchmarks share: process CPU, free ports, percentiles, the CLI, a
-daemon's metrics, a webhook receiver."""
+daemon's metrics, a webhook receiver, a py-spy profile."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def profile(out: str | None, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy on `pid` for `seconds` into `out` (.txt: collapsed stacks, else an SVG
+    flame graph); only samples holding the GIL, so CPU and not waits. None if no `out`."""
+    if not out:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    fmt = "raw" if out.endswith(".txt") else "flamegraph"
+    command = [spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))), "-o", out]
+    command += ["--nonblocking", "--gil", "-f", fmt]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -12,6 +12,7 @@ fetches take a lease (`lease_owner`, `lease_until`) and, on PostgreSQL,
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -24,8 +25,8 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine, Table, bindparam, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.dml import Insert, Update
 
 from monitor.db.models import AccountState, AccountSweep, Delivery, Event, Snapshot, Watch
 from monitor.domain import Conference
@@ -191,6 +192,7 @@ class Store:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
         self.health = WriteHealth()
+        self._insert_event = self.insert_ignoring_conflicts(E).returning(E.c.id)
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
@@ -198,6 +200,8 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 yield conn
+        except IntegrityError:
+            raise  # a constraint refused a write: the database itself is fine
         except DBAPIError as exc:
             self.health.failed(exc)
             raise
@@ -390,15 +394,28 @@ class Store:
         Changes that lose the compare-and-set are dropped and counted. Candidate
         `watch.auth_failed` events are written only if they start a new episode
         for their account, in the transaction that marks the episode.
+
+        The changes are first written together (`write_changes`, a few statements
+        for the lot); if any of them finds its watch changed under it, that
+        transaction is rolled back and the batch recorded again change by change,
+        each winning or losing its own compare-and-set.
         """
+        if len(batch.changes) > 1:
+            try:
+                return self._record(batch, now, batched=True)
+            except (LostRace, IntegrityError):
+                pass  # another observer got in: row by row, each by its own CAS
+        return self._record(batch, now, batched=False)
+
+    def _record(self, batch: Batch, now: datetime, *, batched: bool) -> BatchResult:
         result = BatchResult()
         with self.writing() as conn:
             self._lock_in_order(conn, batch)
-            for obs in batch.changes:
-                if self._write_change(conn, obs, now, result):
-                    result.observations += 1
-                else:
-                    result.dropped += 1
+            if batched:
+                self.write_changes(conn, batch.changes, now, result)
+            else:
+                for obs in batch.changes:
+                    self.write_change(conn, obs, now, result)
             self._write_seen(conn, batch.seen, batch.owner, now)
             for miss in batch.misses:
                 if _write_miss(conn, miss, batch.owner):
@@ -449,48 +466,39 @@ class Store:
     def write_changes(
         self, conn: Connection, changes: Sequence[Observation], now: datetime, result: BatchResult
     ) -> None:
-        """Record confirming observations (callbacks) decided from rows this transaction
-        has locked: a few statements for the lot instead of several per observation.
+        """Record many changes in a few statements instead of several per change.
 
-        Every change must win its compare-and-set (the rows are locked, so one
-        that does not means another writer got in): else `LostRace` is raised
-        and the caller's transaction must be rolled back and retried row by row.
+        Every change must win its compare-and-set: else `LostRace` is raised and
+        the caller's transaction must be rolled back and retried row by row. A
+        change older than what its watch already holds (by time, or by callback
+        sequence) is dropped here, as `write_change` would drop it: the version
+        check guarantees the row still holds what the watch state says.
         """
         if not changes:
             return
         if not self.engine.dialect.supports_sane_multi_rowcount:
             raise LostRace("this driver cannot count an executemany's rows")
-        rows = [_snapshot_row(o) for o in changes]
+        kept = [o for o in changes if _newer(o)]
+        result.dropped += len(changes) - len(kept)
+        if not kept:
+            return
+        rows = [_snapshot_row(o) for o in kept]
         stmt = S.insert().returning(S.c.id, sort_by_parameter_order=True)
         ids = [int(i) for i in conn.execute(stmt, rows).scalars()]
-        claimed = conn.execute(
-            update(W)
-            .where(W.c.sid == bindparam("b_sid"), W.c.version == bindparam("b_version"))
-            .values(
-                version=bindparam("b_new_version"),
-                observed_at=bindparam("b_observed_at"),
-                last_polled_at=now,
-                last_status=bindparam("b_last_status"),
-                high_status=bindparam("b_high_status"),
-                current_hash=bindparam("b_hash"),
-                current_snapshot_id=bindparam("b_snapshot"),
-                first_not_found_at=None,
-                last_error=None,
-                consecutive_errors=0,
-                status="active",  # a confirming poll is due: it ends the watch if terminal
-                mode=bindparam("b_mode"),
-                lease_owner=None,
-                lease_until=None,
-                callback_sequence=bindparam("b_sequence"),
-                next_poll_at=bindparam("b_confirm_at"),
-            ),
-            [_cas_params(o, i) for o, i in zip(changes, ids, strict=True)],
-        ).rowcount
-        if claimed != len(changes):
-            raise LostRace(f"{len(changes) - claimed} of {len(changes)} changes lost their CAS")
-        result.snapshots_written += len(changes)
-        result.observations += len(changes)
-        events = [(e, i) for o, i in zip(changes, ids, strict=True) for e in o.events]
+        claimed = 0
+        for confirming in (False, True):
+            params = [
+                _cas_params(o, i, now)
+                for o, i in zip(kept, ids, strict=True)
+                if (o.confirm_at is not None) == confirming
+            ]
+            if params:
+                claimed += conn.execute(_cas_update(confirming), params).rowcount
+        if claimed != len(kept):
+            raise LostRace(f"{len(kept) - claimed} of {len(kept)} changes lost their CAS")
+        result.snapshots_written += len(kept)
+        result.observations += len(kept)
+        events = [(e, i) for o, i in zip(kept, ids, strict=True) for e in o.events]
         result.events.extend(self._write_events_many(conn, events))
 
     def _write_events_many(
@@ -536,41 +544,16 @@ class Store:
     def _write_change(
         self, conn: Connection, obs: Observation, now: datetime, result: BatchResult
     ) -> bool:
-        c, w, state = obs.conference, obs.watch, obs.lifecycle
-        newer_known = W.c.observed_at.is_not(None) & (W.c.observed_at > obs.observed_at)
-        where = [W.c.sid == c.sid, W.c.version == w.version, ~newer_known]
-        extra: dict[str, object] = {}
-        if obs.sequence is not None:
-            seq = W.c.callback_sequence
-            where.append(seq.is_(None) | (seq < obs.sequence))
-            extra["callback_sequence"] = obs.sequence
-        if obs.confirm_at is not None:
-            extra["next_poll_at"] = obs.confirm_at
-        confirming = obs.confirm_at is not None
-        claimed = conn.execute(
-            update(W)
-            .where(*where)
-            .values(
-                version=w.version + 1,
-                observed_at=obs.observed_at,
-                last_polled_at=now,
-                last_status=state.last_status,
-                high_status=state.high_status,
-                current_hash=c.content_hash,
-                first_not_found_at=None,
-                last_error=None,
-                consecutive_errors=0,
-                status="completed" if state.terminal and not confirming else "active",
-                mode=obs.mode,
-                lease_owner=None,
-                lease_until=None,
-                **extra,
-            )
-        ).rowcount
-        if not claimed:
+        """The snapshot first, then the watch's compare-and-set pointing at it; a
+        lost race deletes the snapshot again (rare, and cheaper than a third
+        statement on every win)."""
+        if not _newer(obs):
             return False
         snapshot_id = _insert_snapshot(conn, obs)
-        conn.execute(update(W).where(W.c.sid == c.sid).values(current_snapshot_id=snapshot_id))
+        cas = _cas_update(obs.confirm_at is not None)
+        if not conn.execute(cas, _cas_params(obs, snapshot_id, now)).rowcount:
+            conn.execute(_DELETE_SNAPSHOT, {"b_id": snapshot_id})
+            return False
         result.snapshots_written += 1
         result.events.extend(self._write_events(conn, obs.events, snapshot_id))
         return True
@@ -606,8 +589,7 @@ class Store:
         unique index and skipped) and the outbox rows of those written."""
         written: list[NewEvent] = []
         for event in events:
-            stmt = self.insert_ignoring_conflicts(E).returning(E.c.id)
-            if conn.execute(stmt, [_event_row(event, snapshot_id)]).first() is not None:
+            if conn.execute(self._insert_event, _event_row(event, snapshot_id)).first() is not None:
                 written.append(event)
         outbox = [_delivery_row(e, name) for e in written for name in e.notifiers]
         if outbox:
@@ -676,22 +658,68 @@ class LostRace(RuntimeError):
     """A batched write found a row changed under it; roll back and retry row by row."""
 
 
-def _cas_params(obs: Observation, snapshot_id: int) -> dict[str, object]:
-    if obs.sequence is None or obs.confirm_at is None:
-        raise ValueError("write_changes records callbacks (a sequence and a confirming poll)")
-    return {
-        "b_sid": obs.watch.sid,
-        "b_version": obs.watch.version,
-        "b_new_version": obs.watch.version + 1,
+def _newer(obs: Observation) -> bool:
+    """Whether `obs` is newer than what its watch holds (`_write_change`'s SQL test)."""
+    w = obs.watch
+    if w.observed_at is not None and w.observed_at > obs.observed_at:
+        return False
+    return obs.sequence is None or w.callback_sequence is None or w.callback_sequence < obs.sequence
+
+
+@functools.cache
+def _cas_update(confirming: bool) -> Update:
+    """`write_changes`' compare-and-set, built once: SQLAlchemy then reuses its
+    compiled form instead of rebuilding a statement per call.
+
+    A confirming change (a callback's) keeps the watch active and sets when the
+    confirming poll is due; the others leave `next_poll_at` as the claim set it.
+    """
+    values: dict[str, Any] = dict(
+        version=bindparam("b_new_version"),
+        observed_at=bindparam("b_observed_at"),
+        last_polled_at=bindparam("b_now"),
+        last_status=bindparam("b_last_status"),
+        high_status=bindparam("b_high_status"),
+        current_hash=bindparam("b_hash"),
+        current_snapshot_id=bindparam("b_snapshot"),
+        first_not_found_at=None,
+        last_error=None,
+        consecutive_errors=0,
+        status=bindparam("b_status"),
+        mode=bindparam("b_mode"),
+        lease_owner=None,
+        lease_until=None,
+        callback_sequence=bindparam("b_sequence"),
+    )
+    if confirming:
+        values["next_poll_at"] = bindparam("b_confirm_at")
+    return (
+        update(W)
+        .where(W.c.sid == bindparam("b_sid"), W.c.version == bindparam("b_version"))
+        .values(**values)
+    )
+
+
+def _cas_params(obs: Observation, snapshot_id: int, now: datetime) -> dict[str, object]:
+    w, state = obs.watch, obs.lifecycle
+    confirming = obs.confirm_at is not None
+    params: dict[str, object] = {
+        "b_sid": w.sid,
+        "b_version": w.version,
+        "b_new_version": w.version + 1,
         "b_observed_at": obs.observed_at,
-        "b_last_status": obs.lifecycle.last_status,
-        "b_high_status": obs.lifecycle.high_status,
+        "b_now": now,
+        "b_last_status": state.last_status,
+        "b_high_status": state.high_status,
         "b_hash": obs.conference.content_hash,
         "b_snapshot": snapshot_id,
+        "b_status": "completed" if state.terminal and not confirming else "active",
         "b_mode": obs.mode,
-        "b_sequence": obs.sequence,
-        "b_confirm_at": obs.confirm_at,
+        "b_sequence": obs.sequence if obs.sequence is not None else w.callback_sequence,
     }
+    if confirming:
+        params["b_confirm_at"] = obs.confirm_at
+    return params
 
 
 def _differs(column: Any, value: str | None) -> Any:
@@ -754,8 +782,12 @@ def _new_watch(
     }
 
 
+_INSERT_SNAPSHOT = S.insert().returning(S.c.id)
+_DELETE_SNAPSHOT = delete(S).where(S.c.id == bindparam("b_id"))
+
+
 def _insert_snapshot(conn: Connection, obs: Observation) -> int:
-    return int(conn.execute(S.insert().values(**_snapshot_row(obs)).returning(S.c.id)).scalar_one())
+    return int(conn.execute(_INSERT_SNAPSHOT, _snapshot_row(obs)).scalar_one())
 
 
 def _snapshot_row(obs: Observation) -> dict[str, object]:

@@ -160,6 +160,42 @@ def test_an_observation_older_than_the_recorded_one_is_dropped(engine: Engine) -
     assert [r["last_status"] for r in store.list_watches()] == ["completed"]
 
 
+def test_a_batch_is_written_together_or_change_by_change_when_one_loses(engine: Engine) -> None:
+    """Many changes are written in a few statements; one stale change makes the
+    batch go again row by row, where only that one is dropped."""
+    store = Store(engine)
+    sids = [f"CF{i:032x}" for i in range(4)]
+    store.add_watches(sids, ACCOUNT, None, T0)
+
+    def seen(sid: str, status: str, at: datetime, watch: object = None) -> Observation:
+        c = Conference(
+            sid=sid, account_sid=ACCOUNT, status=status, raw={"sid": sid, "status": status}
+        )  # type: ignore[arg-type]
+        state = watch or store.watch_states([sid])[sid]
+        return observation(state, c, at, "list", everyone)  # type: ignore[arg-type]
+
+    first = record(store, *(seen(s, "init", T0) for s in sids))
+    assert (first.observations, first.dropped, len(first.events)) == (4, 0, 4)
+    before = store.watch_states([sids[0]])[sids[0]]
+    record(store, seen(sids[0], "in-progress", T0 + timedelta(seconds=1)))
+    at = T0 + timedelta(seconds=2)
+    second = record(
+        store,
+        seen(sids[0], "in-progress", at, before),  # read before the change above: loses
+        *(seen(s, "in-progress", at) for s in sids[1:]),
+    )
+    assert (second.observations, second.dropped, len(second.events)) == (3, 1, 3)
+    assert store.health.problem() is None
+    with engine.connect() as conn:
+        started = sorted(
+            conn.scalars(select(Event.conference_sid).where(Event.type == "conference.started"))
+        )
+        snapshots = int(conn.execute(select(func.count()).select_from(Snapshot)).scalar_one())
+    assert started == sids
+    assert snapshots == 8  # the lost change left no snapshot behind
+    assert {r["last_status"] for r in store.list_watches()} == {"in-progress"}
+
+
 def test_the_database_refuses_a_second_started_or_ended(engine: Engine) -> None:
     store = Store(engine)
 

@@ -1,4 +1,4 @@
-"""The only code that talks to Twilio: one pooled session, bounded calls, typed errors.
+"""The only code that talks to Twilio: one connection pool, bounded calls, typed errors.
 
 Every call (a fetch, or one list page) ends within `request_deadline_s`: connect,
 headers, the whole body of every attempt, retries and the waits between them.
@@ -11,6 +11,7 @@ once) only runs after a failure.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Iterator
@@ -19,8 +20,6 @@ from functools import partial
 from types import TracebackType
 from typing import TypeVar
 
-import requests
-from requests.adapters import HTTPAdapter
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -48,7 +47,7 @@ from monitor.twilio.errors import (
 from monitor.twilio.exchange import MIN_TIMEOUT_S, Exchanger, Request, ResponseHook
 from monitor.twilio.hosts import DEFAULT_BASE_URL, api_origin, normalise_base_url
 from monitor.twilio.payloads import ConferencePage
-from monitor.twilio.transport import build_session, pin_environment
+from monitor.twilio.transport import Pool
 
 log = logging.getLogger("monitor.twilio")
 
@@ -116,10 +115,17 @@ class TwilioClient:
         self.max_page_bytes = max_page_bytes
         self.max_pages = max_pages
         self._password = password
-        self._session = build_session(username, password, pool_size, user_agent)
-        pin_environment(self._session, self.base_url)
+        credentials = base64.b64encode(f"{username}:{password}".encode()).decode()
+        headers = {
+            "User-Agent": user_agent,
+            "Accept": "application/json",
+            # Bodies are capped and parsed as they arrive: never compressed.
+            "Accept-Encoding": "identity",
+            "Authorization": f"Basic {credentials}",
+        }
+        self._pool = Pool(self.base_url, pool_size, headers)
         timeouts = (connect_timeout_s, read_timeout_s)
-        self._exchanger = Exchanger(self._session, timeouts, request_deadline_s, on_response)
+        self._exchanger = Exchanger(self._pool, timeouts, request_deadline_s, on_response)
         # Built once; its stop and wait strategies drive the hand loop in `_call`.
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts) | stop_before_delay(self.retry_budget_s),
@@ -130,9 +136,9 @@ class TwilioClient:
         )
 
     @property
-    def session(self) -> requests.Session:
-        """The pooled session, for inspection (adapters, headers); do not share it."""
-        return self._session
+    def pool(self) -> Pool:
+        """The connection pool, for inspection (pool size, headers); do not share it."""
+        return self._pool
 
     def fetch_conference(self, sid: str, *, account_sid: str | None = None) -> Conference:
         """One GET of the conference; `ConferenceNotFound` on 404 (not retried)."""
@@ -205,20 +211,8 @@ class TwilioClient:
         self._call(Request("verify", "GET", url, None, self.max_page_bytes, params), parse)
 
     def close(self) -> None:
-        """Close every pooled connection now.
-
-        urllib3 2.x leaves a pool open until it is garbage collected, and a pool
-        stays referenced by any response kept alive (in an exception traceback,
-        say), so pools are closed explicitly rather than left to the collector.
-        """
-        for adapter in self._session.adapters.values():
-            if isinstance(adapter, HTTPAdapter):
-                pools = adapter.poolmanager.pools
-                for key in pools.keys():  # noqa: SIM118 (the container cannot be iterated)
-                    pool = pools.get(key)
-                    if pool is not None:
-                        pool.close()
-        self._session.close()
+        """Close every pooled connection now."""
+        self._pool.close()
 
     def __enter__(self) -> TwilioClient:
         return self

@@ -1,6 +1,6 @@
 """What can go wrong talking to Twilio, as types that say whether retrying helps.
 
-Also the mapping from an HTTP outcome (status and body, or a requests
+Also the mapping from an HTTP outcome (status and body, or a transport
 exception) to those types. Every message names the conference SID (or `-`)
 and the URL, never a credential.
 """
@@ -12,8 +12,7 @@ import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import requests
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
 
 
 class TwilioError(Exception):
@@ -170,16 +169,14 @@ def error_for_response(
     return cls(reason, url=url, sid=sid, status_code=status, code=code, twilio_message=message)
 
 
-def error_for_transport(
-    exc: requests.RequestException, url: str, sid: str | None
-) -> TransientError:
+def error_for_transport(exc: Exception, url: str, sid: str | None) -> TransientError:
     """No usable response; `request_sent` is False only if no connection was made."""
     name = type(exc).__name__
-    if isinstance(exc, requests.ConnectTimeout) or _never_connected(exc):
+    if isinstance(exc, ConnectTimeoutError):  # NewConnectionError too: refused, unresolvable
         return TransientError(
             f"could not connect to Twilio ({name})", url=url, sid=sid, request_sent=False
         )
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, ReadTimeoutError | TimeoutError):
         return TransientError(f"no response from Twilio in time ({name})", url=url, sid=sid)
     return TransientError(f"connection to Twilio broken ({name})", url=url, sid=sid)
 
@@ -225,9 +222,3 @@ def _error_body(body: bytes) -> tuple[int | None, str | None]:
         code if isinstance(code, int) and not isinstance(code, bool) else None,
         message[:300] if isinstance(message, str) else None,
     )
-
-
-def _never_connected(exc: requests.RequestException) -> bool:
-    """True when the TCP connection was refused or unresolvable: nothing was sent."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError)

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import requests
 import urllib3.exceptions
+from urllib3 import BaseHTTPResponse
 
 from monitor.twilio.decode import too_large
 from monitor.twilio.errors import DeadlineExceeded, TransientError, error_for_transport
@@ -21,19 +21,16 @@ from monitor.twilio.transport import (
     BodyTooLarge,
     Deadline,
     DeadlinePassed,
+    Pool,
     read_body,
 )
 
 ERROR_BODY_CAP_BYTES = 64 * 1024  # an error body only has to yield a code and a message
 MIN_TIMEOUT_S = 0.05
-_TRANSPORT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
-# What reading a streamed body can raise once the headers are in.
-_BODY_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# What sending a request and reading the status line and headers can raise, and
+# what reading the body can raise once the headers are in.
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+_BODY_ERRORS = _TRANSPORT_ERRORS
 
 ResponseHook = Callable[[str, int | None, float], None]
 """`on_response(operation, http_status_or_None, seconds)`, called once per HTTP attempt."""
@@ -64,16 +61,16 @@ class Request:
 
 
 class Exchanger:
-    """Makes attempts on one session with fixed timeouts, each bounded by a deadline."""
+    """Makes attempts on one pool with fixed timeouts, each bounded by a deadline."""
 
     def __init__(
         self,
-        session: requests.Session,
+        pool: Pool,
         timeouts: tuple[float, float],
         deadline_s: float,
         on_response: ResponseHook | None,
     ) -> None:
-        self._session = session
+        self._pool = pool
         self._timeouts = timeouts
         self.deadline_s = deadline_s
         self._on_response = on_response
@@ -88,14 +85,12 @@ class Exchanger:
         began = time.perf_counter()
         with WATCHDOG.deadline(deadline_at) as deadline:
             try:
-                response = self._session.request(
+                response = self._pool.request(
                     request.method,
                     request.url,
                     params=request.params,
                     data=request.data,
                     timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
                 )
             except _TRANSPORT_ERRORS as exc:
                 self._observe(request.op, None, began)
@@ -106,18 +101,19 @@ class Exchanger:
                 body = self._body(request, response, deadline)
             finally:
                 deadline.release()  # before the connection can go back to the pool
-                response.close()
-                self._observe(request.op, response.status_code, began)
-        return Answer(response.status_code, body, response.headers.get("Retry-After"))
+                response.close()  # a no-op for a connection read to the end and pooled
+                response.release_conn()
+                self._observe(request.op, response.status, began)
+        return Answer(response.status, body, response.headers.get("Retry-After"))
 
     def late(self, request: Request) -> DeadlineExceeded:
         limit = f"{self.deadline_s:g}s"
         reason = f"no complete answer from Twilio within the {limit} request deadline"
         return DeadlineExceeded(reason, url=request.url, sid=request.sid)
 
-    def _body(self, request: Request, response: requests.Response, deadline: Deadline) -> bytes:
+    def _body(self, request: Request, response: BaseHTTPResponse, deadline: Deadline) -> bytes:
         """The capped body; an error body over its cap is dropped, a 2xx one refused."""
-        ok = 200 <= response.status_code < 300
+        ok = 200 <= response.status < 300
         cap = request.cap if ok else ERROR_BODY_CAP_BYTES
         try:
             return read_body(response, cap=cap, deadline=deadline, read_timeout_s=self._timeouts[1])

@@ -18,12 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, get_auth_from_url, select_proxy
+from urllib3 import BaseHTTPResponse, PoolManager, ProxyManager, Timeout
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import make_headers
 
 READ_CHUNK_BYTES = 64 * 1024
 POOL_HOSTS = 4  # distinct hosts whose pools are kept; one client uses one host
@@ -184,41 +186,98 @@ class _HTTPSPool(HTTPSConnectionPool):
 _POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
-class GuardedAdapter(HTTPAdapter):
-    """An HTTPAdapter whose connections obey the calling thread's `Deadline`."""
+class Pool:
+    """Pooled, guarded connections to the one Twilio host a client uses.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._pool_keys: dict[Any, Any] = {}  # see build_connection_pool_key_attributes
-        super().__init__(*args, **kwargs)
+    urllib3 directly, not a requests session: per request, requests merges
+    settings, hooks, cookies and environment, about a third of a fetch's CPU.
+    What requests would read from the environment on every request (proxy
+    variables, `REQUESTS_CA_BUNDLE`) is read here, once.
+    """
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
+    def __init__(self, base_url: str, pool_size: int, headers: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.headers = dict(headers)
+        settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
+        kwargs: dict[str, Any] = {"maxsize": pool_size, "block": False, "retries": False}
+        verify = settings["verify"]
+        if verify is False:
+            kwargs["cert_reqs"] = "CERT_NONE"
+        else:
+            kwargs["cert_reqs"] = "CERT_REQUIRED"
+            kwargs["ca_certs"] = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
+        self.proxy = select_proxy(base_url, settings["proxies"])
+        self.manager = _manager(self.proxy, kwargs)
+        # Without a proxy, every request goes to one pool: found once, not per request.
+        self._direct: HTTPConnectionPool | None = None
+        if self.proxy is None:
+            self._direct = self.manager.connection_from_url(base_url)
+        self._origin = _origin(base_url)
 
-    def build_connection_pool_key_attributes(
-        self, request: Any, verify: Any, cert: Any = None
-    ) -> Any:
-        """Computed once per host: with a CA bundle path (`REQUESTS_CA_BUNDLE`),
-        requests stats it on every request, a tenth of a fetch's CPU."""
-        scheme, netloc = urlsplit(request.url)[:2]
-        key = (scheme, netloc, verify, cert)
-        found = self._pool_keys.get(key)
-        if found is None:
-            found = super().build_connection_pool_key_attributes(request, verify, cert)
-            if len(self._pool_keys) < 64:
-                self._pool_keys[key] = found
-        host_params, pool_kwargs = found
-        return dict(host_params), dict(pool_kwargs)
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str] | None,
+        data: dict[str, str] | None,
+        timeout: tuple[float, float],
+    ) -> BaseHTTPResponse:
+        """Send one request and return once the headers are in; the body is the caller's."""
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        headers = self.headers
+        body = None
+        if data is not None:
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+            body = urlencode(data)
+        options: dict[str, Any] = {
+            "body": body,
+            "headers": headers,
+            "retries": False,
+            "redirect": False,
+            "preload_content": False,
+            "decode_content": False,
+            "timeout": Timeout(connect=timeout[0], read=timeout[1]),
+        }
+        if self._direct is not None and url.startswith(self._origin):
+            path = url[len(self._origin) :] or "/"
+            return self._direct.urlopen(method, path, assert_same_host=False, **options)
+        return self.manager.urlopen(method, url, **options)
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes
-            manager.pool_classes_by_scheme = _POOL_CLASSES
-        return manager
+    def close(self) -> None:
+        """Close every pooled connection now: urllib3 2.x leaves a pool open until it
+        is garbage collected, and a response kept alive (in a traceback) keeps it."""
+        pools = self.manager.pools
+        for key in pools.keys():  # noqa: SIM118 (the container cannot be iterated)
+            pool = pools.get(key)
+            if pool is not None:
+                pool.close()
+        self.manager.clear()
+
+
+def _manager(proxy: str | None, kwargs: dict[str, Any]) -> PoolManager:
+    if proxy is None:
+        manager = PoolManager(num_pools=POOL_HOSTS, **kwargs)
+    elif proxy.lower().startswith("socks"):
+        from urllib3.contrib.socks import SOCKSProxyManager
+
+        return SOCKSProxyManager(proxy, num_pools=POOL_HOSTS, **kwargs)  # its own pool classes
+    else:
+        user, password = get_auth_from_url(proxy)
+        proxy_headers = make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+        manager = ProxyManager(proxy, num_pools=POOL_HOSTS, proxy_headers=proxy_headers, **kwargs)
+    manager.pool_classes_by_scheme = _POOL_CLASSES
+    return manager
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def read_body(
-    response: requests.Response, *, cap: int, deadline: Deadline, read_timeout_s: float
+    response: BaseHTTPResponse, *, cap: int, deadline: Deadline, read_timeout_s: float
 ) -> bytes:
     """The decoded body of a streamed response, at most `cap` bytes, before the deadline.
 
@@ -229,7 +288,7 @@ def read_body(
     declared = _content_length(response)
     if declared is not None and declared > cap:
         raise BodyTooLarge(declared=True)
-    raw = response.raw
+    raw: Any = response
     parts: list[bytes] = []
     total = 0
     while True:
@@ -251,7 +310,7 @@ def read_body(
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _content_length(response: requests.Response) -> int | None:
+def _content_length(response: BaseHTTPResponse) -> int | None:
     value = response.headers.get("Content-Length")
     if value is None or not value.strip().isdigit():
         return None
@@ -264,28 +323,3 @@ def _set_timeout(raw: Any, seconds: float) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.settimeout(seconds)
-
-
-def build_session(
-    username: str, password: str, pool_size: int, user_agent: str
-) -> requests.Session:
-    session = requests.Session()
-    session.auth = (username, password)
-    session.headers["User-Agent"] = user_agent
-    session.headers["Accept"] = "application/json"
-    for prefix in ("https://", "http://"):
-        adapter = GuardedAdapter(pool_connections=POOL_HOSTS, pool_maxsize=pool_size, max_retries=0)
-        session.mount(prefix, adapter)
-    return session
-
-
-def pin_environment(session: requests.Session, base_url: str) -> None:
-    """Resolve proxy and CA-bundle variables once, for the one host this client uses.
-
-    With `trust_env` on, requests re-reads os.environ on every request, which
-    costs about a quarter of the CPU of a fetch at the polling rates we run.
-    """
-    settings = session.merge_environment_settings(base_url, {}, None, None, None)
-    session.proxies.update(settings["proxies"])
-    session.verify = settings["verify"]
-    session.trust_env = False

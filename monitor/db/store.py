@@ -22,13 +22,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, Table, bindparam, case, delete, func, select, update
+from sqlalchemy import Engine, Table, bindparam, case, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.dml import Insert, Update
 
-from monitor.db.models import AccountState, AccountSweep, Delivery, Event, Snapshot, Watch
+from monitor.db.models import (
+    ONCE_PER_CONFERENCE,
+    AccountState,
+    AccountSweep,
+    Delivery,
+    Event,
+    Snapshot,
+    Watch,
+)
 from monitor.domain import Conference
 from monitor.events import NewEvent, duration_s
 from monitor.lifecycle import LifecycleState
@@ -509,8 +517,11 @@ class Store:
         sids = sorted({e.conference_sid for e, _ in events if e.type in once and e.conference_sid})
         taken: set[tuple[str, str]] = set()
         for part in chunks(sids):
+            # The unique index's own condition, spelled as in the index: SQLite uses a
+            # partial index only for a query whose terms imply its WHERE literally; with
+            # `type IN (?, ?)` it would walk every started and ended event instead.
             query = select(E.c.conference_sid, E.c.type).where(
-                E.c.conference_sid.in_(part), E.c.type.in_(once)
+                E.c.conference_sid.in_(part), text(ONCE_PER_CONFERENCE)
             )
             taken |= {(r.conference_sid, r.type) for r in conn.execute(query)}
         written = [e for e, _ in events if (e.conference_sid, e.type) not in taken]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 
 from monitor.db.engine import (
     SchemaBehind,
@@ -194,6 +194,40 @@ def test_a_batch_is_written_together_or_change_by_change_when_one_loses(engine: 
     assert started == sids
     assert snapshots == 8  # the lost change left no snapshot behind
     assert {r["last_status"] for r in store.list_watches()} == {"in-progress"}
+
+
+def test_checking_for_recorded_transitions_uses_the_unique_index(sqlite_url: str) -> None:
+    """A batch asks which of its started/ended already exist; that must be an index
+    lookup (SQLite uses a partial index only when the query implies its WHERE
+    literally), not a walk over every transition ever recorded."""
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    store = Store(engine)
+    statements: list[tuple[str, object]] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def capture(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("SELECT events.conference_sid, events.type"):
+            statements.append((statement, parameters))
+
+    sids = [f"CF{i:032x}" for i in range(3)]
+    store.add_watches(sids, ACCOUNT, None, T0)
+    for status, at in (("init", T0), ("in-progress", T0 + timedelta(seconds=1))):
+        changes = []
+        for s in sids:
+            c = Conference(
+                sid=s, account_sid=ACCOUNT, status=status, raw={"sid": s, "status": status}
+            )  # type: ignore[arg-type]
+            changes.append(observation(store.watch_states([s])[s], c, at, "list", everyone))
+        assert len(record(store, *changes).events) == 3
+    assert statements, "the batched path did not ask which transitions exist"
+    statement, parameters = statements[0]
+    with engine.connect() as conn:
+        plan = " ".join(
+            str(r[3]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+        )  # type: ignore[arg-type]
+    assert "uq_events_transition_once" in plan, plan
+    engine.dispose()
 
 
 def test_the_database_refuses_a_second_started_or_ended(engine: Engine) -> None:

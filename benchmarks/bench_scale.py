@@ -5,8 +5,11 @@ in-progress conferences, watches them all (`watch add --from-file`), runs M
 daemons (`conference-monitor run`, default configuration apart from the
 interval), waits for the first pass, then measures K intervals:
 
-- watches observed per interval (list sweeps and fetches, from each daemon's
-  `/metrics`), as a share of N;
+- watches observed within each interval: at the end of each interval, how many
+  distinct conferences the simulator answered (listed or fetched) in the
+  interval before, as a share of N; and observations per interval (each
+  daemon's `/metrics`, list sweeps and fetches) over N, which window edges can
+  push above or below 100%;
 - daemon CPU per conference per interval (`/proc/PID/stat`, all daemons summed);
 - RSS now and at its peak (`/proc/PID/status` VmRSS, VmHWM) of each daemon;
 - Twilio list calls per interval (the simulator's request counts);
@@ -156,6 +159,7 @@ def main() -> int:
     parser.add_argument("--interval", default="10s")
     parser.add_argument("--intervals", type=int, default=6, help="intervals measured")
     parser.add_argument("--instances", type=int, default=1, help="daemons on one database")
+    parser.add_argument("--keep", action="store_true", help="keep the daemons' logs and files")
     parser.add_argument("--pg", help="PostgreSQL admin URL (a scratch database is made)")
     parser.add_argument("--ending", type=float, default=0.0, help="%% ending per interval")
     parser.add_argument("--first-pass-timeout", type=float, default=900.0)
@@ -227,7 +231,10 @@ def main() -> int:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
             admin.dispose()
-        shutil.rmtree(folder, ignore_errors=True)
+        if args.keep:
+            print(f"kept the daemons' logs and files in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
@@ -260,7 +267,7 @@ def _measure(
     sids: list[str],
     interval: float,
 ) -> dict[str, Any]:
-    shares, list_calls, ended_sids, sweeps = [], [], [], []
+    shares, covered, list_calls, ended_sids, sweeps = [], [], [], [], []
     cpu0 = sum(cpu_seconds(p.pid) for p, _ in daemons)
     t0 = time.monotonic()
     seen0 = sum(observed(metrics(port)) for _, port in daemons)
@@ -286,6 +293,7 @@ def _measure(
                 }
             )
         time.sleep(interval)
+        covered.append(ctl.served_within(interval) / len(alive_at_start))
         samples = [metrics(port) for _, port in daemons]
         seen = sum(observed(m) for m in samples)
         sweeps.append(_sweep_stats(samples))
@@ -297,6 +305,7 @@ def _measure(
     elapsed = time.monotonic() - t0
     return {
         "shares": shares,
+        "covered": covered,
         "list_calls": list_calls,
         "cpu_ms_per_conf_interval": cpu * 1000 / (len(sids) * elapsed / interval),
         "cpu_share": cpu / elapsed,
@@ -333,8 +342,10 @@ def _print(args: argparse.Namespace, r: dict[str, Any]) -> None:
     n, interval = args.conferences, parse_duration(args.interval)
     db = "PostgreSQL" if args.pg else "SQLite"
     print(f"\n{n} conferences, interval {args.interval}, {args.instances} daemon(s), {db}")
+    covered = ", ".join(f"{s * 100:.1f}%" for s in r["covered"])
+    print(f"observed within interval  {covered}  (min {min(r['covered']) * 100:.1f}%)")
     shares = ", ".join(f"{s * 100:.1f}%" for s in r["shares"])
-    print(f"observed per interval     {shares}  (min {min(r['shares']) * 100:.1f}%)")
+    print(f"observations / N          {shares}")
     counts = [c for c, _ in r["sweeps"]]
     totals = [t for _, t in r["sweeps"]]
     done = [b - a for a, b in zip(counts, counts[1:], strict=False)]

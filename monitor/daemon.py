@@ -50,6 +50,7 @@ from monitor.outcomes import PollPolicy
 from monitor.retention import maintenance_job
 from monitor.sdnotify import SystemdNotifier
 from monitor.service import ConferenceSource
+from monitor.sweeper import SWEEP_TICK_S
 from monitor.touches import FLUSH_EVERY_S
 from monitor.twilio.errors import TwilioError
 from monitor.twilio.payloads import ConferencePage
@@ -57,7 +58,6 @@ from monitor.twilio.payloads import ConferencePage
 log = logging.getLogger("monitor.daemon")
 
 POLL_TICK_S = 0.25  # how often to look for due watches; due times themselves live in the DB
-SWEEP_TICK_S = 0.25  # how often to look for a due list sweep; due times live in the DB
 MAINTENANCE_TICK_S = 15.0
 SHUTDOWN_GRACE_S = 8.0  # under the SPEC's 10 s and the unit's TimeoutStopSec=15s
 # A failing tick (database down) is logged when it starts failing, then at most this often.

@@ -36,6 +36,7 @@ ACCOUNTS_TTL_S = 5.0  # a new account's first sweep waits at most this long
 # The last sweeper starts the next sweep at its due time, others this much later
 # (at most a quarter interval), so sweeps stay with one live instance.
 STICKY_GRACE_S = 1.0
+SWEEP_TICK_S = 0.25  # how often the daemon looks for a due sweep; due times live in the DB
 
 
 class SweepAborted(Exception):
@@ -152,10 +153,17 @@ class Sweeper:
             missing = sorted(responsible - seen)
             report.missing = self.sweeps.hand_to_fetch(missing, utcnow())
             self.stale_accounts.discard(account)
+        # Each conference should be seen again within an interval. Sweeps start an
+        # interval apart, so one that runs slower than the last (a busy database, a
+        # slow Twilio page) would see the conferences of its last pages later than
+        # that; starting the next one early by this sweep's duration (plus a sweep
+        # tick) covers a next sweep up to twice as slow, for a few more list calls.
+        lead_s = min(time.monotonic() - started + SWEEP_TICK_S, self.interval_s / 4)
         self.sweeps.finish(
             account,
             self.owner,
             utcnow(),
+            lead_s=lead_s,
             listed=report.listed,
             missing=report.missing,
             pages=report.pages,

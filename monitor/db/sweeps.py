@@ -127,7 +127,11 @@ class SweepStore:
         missing: int,
         pages: int,
         error: str | None,
+        lead_s: float = 0.0,
     ) -> None:
+        """Record a sweep's end; a successful one moves the next due time `lead_s`
+        earlier (never before `now`), so that the next sweep reaches each conference
+        within an interval of this one even if it runs slower (see `Sweeper.sweep`)."""
         values: dict[str, object] = {
             "lease_until": None,
             "listed": listed,
@@ -137,12 +141,13 @@ class SweepStore:
         }
         if error is None:
             values["completed_at"] = now
+        mine = (SWEEPS.c.account_sid == account_sid) & (SWEEPS.c.owner == owner)
         with self.store.writing() as conn:
-            conn.execute(
-                update(SWEEPS)
-                .where(SWEEPS.c.account_sid == account_sid, SWEEPS.c.owner == owner)
-                .values(**values)
-            )
+            if error is None and lead_s > 0:
+                due = conn.execute(select(SWEEPS.c.next_sweep_at).where(mine)).scalar_one_or_none()
+                if due is not None:
+                    values["next_sweep_at"] = max(due - timedelta(seconds=lead_s), now)
+            conn.execute(update(SWEEPS).where(mine).values(**values))
 
     def stale(self, account_sid: str, now: datetime, limit: datetime) -> bool:
         """Sweeps keep failing: none succeeded since `limit` although one was tried

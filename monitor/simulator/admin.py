@@ -78,6 +78,11 @@ def _control_route(
         return 200, {"cleared": sim.faults.clear()}
     if route == ("GET", "/_sim/stats"):
         return 200, sim.stats.snapshot()
+    if route == ("POST", "/_sim/served"):
+        within = data.get("within_s")
+        if not isinstance(within, int | float) or isinstance(within, bool) or within <= 0:
+            raise ValueError("within_s must be a positive number of seconds")
+        return 200, {"conferences": state.served_within(float(within))}
     if route == ("POST", "/_sim/reset"):
         sim.reset()
         return 200, {}

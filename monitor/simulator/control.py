@@ -82,6 +82,10 @@ class SimulatorControl:
         result: dict[str, Any] = self._call("GET", "/_sim/stats")
         return result
 
+    def served_within(self, seconds: float) -> int:
+        """How many conferences the API answered (fetched or listed) in the last `seconds`."""
+        return int(self._call("POST", "/_sim/served", {"within_s": seconds})["conferences"])
+
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
 

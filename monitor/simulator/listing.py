@@ -56,6 +56,7 @@ class PageSlice:
     conferences: list[bytes]
     next_token: str | None
     previous_token: str | None
+    sids: tuple[str, ...] = ()
 
 
 class ListIndex:
@@ -124,6 +125,7 @@ class ListIndex:
             [records[key[1]].as_bytes() for key in page],
             f"PA{page[-1][1]}" if page and has_next else None,
             f"PB{page[0][1]}" if page and has_previous else None,
+            tuple(key[1] for key in page),
         )
 
 

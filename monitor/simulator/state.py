@@ -64,6 +64,9 @@ class SimulatorState:
         self._clock = clock or time.time
         self._listener = listener
         self._lock = threading.Lock()
+        # When each conference was last answered (fetched or listed), on the real
+        # clock: lets a benchmark tell how many were observed within an interval.
+        self._served: dict[str, float] = {}
         self._conferences: dict[str, Record] = {}
         self._index = ListIndex()
         self._accounts: set[str] = set()
@@ -145,6 +148,8 @@ class SimulatorState:
             self._advance_locked()
             rec = self._visible(account_sid, sid)
             out = rec.as_bytes() if rec else None
+            if rec is not None:
+                self._served[sid] = time.monotonic()
         self._flush()
         return out
 
@@ -220,12 +225,21 @@ class SimulatorState:
             page = self._index.page(
                 account_sid, query, self._conferences, lambda rec: rec.visible_at <= now
             )
+            served = time.monotonic()
+            self._served.update(dict.fromkeys(page.sids, served))
         self._flush()
         return page
+
+    def served_within(self, seconds: float) -> int:
+        """How many conferences the API answered (fetched or listed) in the last `seconds`."""
+        since = time.monotonic() - seconds
+        with self._lock:
+            return sum(1 for at in self._served.values() if at >= since)
 
     def reset(self) -> None:
         with self._lock:
             self._conferences.clear()
+            self._served.clear()
             self._index.clear()
             self._accounts.clear()
             self._due.clear()

@@ -45,6 +45,26 @@ def test_one_sweeper_per_account_and_interval(engine: Engine) -> None:
     assert sweeps.try_start(ACCOUNT, "c", T0 + timedelta(seconds=41), 10.0, 30.0)
 
 
+def test_a_finished_sweep_brings_the_next_one_forward_by_its_lead(engine: Engine) -> None:
+    """The next sweep starts early by the last one's duration (so a slower one still
+    reaches each conference within an interval), never in the past, and not after
+    a failed sweep."""
+    sweeps = SweepStore(Store(engine))
+    sweeps.ensure(ACCOUNT, T0)
+    assert sweeps.try_start(ACCOUNT, "a", T0, 10.0, 30.0)  # next due T0 + 10 s
+    done = T0 + timedelta(seconds=1)
+    sweeps.finish(ACCOUNT, "a", done, listed=1, missing=0, pages=1, error=None, lead_s=1.25)
+    assert sweeps.due_in(ACCOUNT, "a", done) == 7.75
+    assert sweeps.try_start(ACCOUNT, "a", T0 + timedelta(seconds=8.75), 10.0, 30.0)
+    late = T0 + timedelta(seconds=18)  # took 9.25 s: the lead cannot go before now
+    sweeps.finish(ACCOUNT, "a", late, listed=1, missing=0, pages=1, error=None, lead_s=2.5)
+    assert sweeps.due_in(ACCOUNT, "a", late) == 0.0
+    assert sweeps.try_start(ACCOUNT, "a", late, 10.0, 30.0)
+    failed = late + timedelta(seconds=1)
+    sweeps.finish(ACCOUNT, "a", failed, listed=0, missing=0, pages=0, error="boom", lead_s=2.0)
+    assert sweeps.due_in(ACCOUNT, "a", failed) == 9.0
+
+
 def test_a_losing_instance_knows_when_to_ask_again(engine: Engine) -> None:
     """`due_in` lets an instance that is not sweeping wait instead of asking 4 times a second."""
     sweeps = SweepStore(Store(engine))

@@ -813,6 +813,25 @@ def test_fault_for_s_expires_on_the_clock(
     assert clocked_api.get(list_url(clocked)).status_code == 200
 
 
+def test_served_within_counts_conferences_answered_recently(
+    sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session
+) -> None:
+    """What a benchmark needs to tell "every watch observed this interval" from
+    "as many observations as watches": distinct conferences, fetched or listed."""
+    fetched, listed, idle = (ctl.create_conference()["sid"] for _ in range(3))
+    ctl.script(idle, [{"after_s": 0, "status": "completed"}])
+    assert api.get(conf_url(sim, fetched)).status_code == 200
+    assert api.get(conf_url(sim, fetched)).status_code == 200
+    page = api.get(list_url(sim), params={"Status": "init"}).json()
+    assert {c["sid"] for c in page["conferences"]} == {fetched, listed}
+    assert ctl.served_within(60) == 2
+    time.sleep(0.3)
+    assert api.get(conf_url(sim, fetched)).status_code == 200
+    assert ctl.served_within(0.2) == 1
+    with pytest.raises(SimulatorControlError):
+        ctl.served_within(0)
+
+
 def test_stats_count_requests_by_kind_and_reset_clears_everything(
     sim: SimulatorServer, ctl: SimulatorControl, api: requests.Session
 ) -> None:

@@ -10,6 +10,7 @@ delays only itself, never the rest of the tick.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -34,6 +35,9 @@ WAIT_FOR_RESULT_S = 0.1  # how long to wait for the next answer before looking f
 # one transaction: a transaction per answer would cost more than the fetch itself.
 GATHER_S = 0.05
 RECORD_BATCH_MAX = 200
+# With nothing due, the next claim waits for the earliest due time, but at most this
+# long: watches added or handed over by other processes are picked up within it.
+IDLE_ASK_S = 1.0
 _OWNER_MAX_CHARS = 64
 
 
@@ -94,6 +98,13 @@ class FetchPipeline:
         self._lock = threading.Lock()
         self._pending: dict[Future[None], WatchState] = {}
         self._outstanding = 0  # submitted, answer not yet recorded (only run() changes it)
+        # Nothing was due when last asked: don't ask again before this (monotonic) time.
+        # Idle instances of several are most of the cost of running more than one.
+        self._quiet_until = -math.inf
+
+    def wake(self) -> None:
+        """Look for due watches at the next tick (this process handed some to fetching)."""
+        self._quiet_until = -math.inf
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -111,6 +122,8 @@ class FetchPipeline:
         watches whose fetch has not started are released at once.
         """
         report = PollReport()
+        if time.monotonic() < self._quiet_until:
+            return report
         while True:
             progress()
             if stop.is_set():
@@ -118,6 +131,8 @@ class FetchPipeline:
             else:
                 self._fill(fetch_mode_only, report)
             if self._outstanding == 0:
+                if report.claimed == 0 and not stop.is_set():
+                    self._quiet_until = time.monotonic() + self._idle_for(fetch_mode_only)
                 return report
             done = self._collect()
             self._outstanding -= len(done)
@@ -146,6 +161,13 @@ class FetchPipeline:
             future.add_done_callback(self._finished)
         self._outstanding += len(watches)
         report.claimed += len(watches)
+
+    def _idle_for(self, fetch_mode_only: bool) -> float:
+        """Seconds until the earliest due watch, at most IDLE_ASK_S."""
+        due = self.store.next_due(fetch_mode_only=fetch_mode_only)
+        if due is None:
+            return IDLE_ASK_S
+        return min(max((due - utcnow()).total_seconds(), 0.0), IDLE_ASK_S)
 
     def _finished(self, future: Future[None]) -> None:
         with self._lock:

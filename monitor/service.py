@@ -102,6 +102,7 @@ class Poller:
             use_list=use_list,
             discover=discover,
         )
+        self.sweeper.on_handover = self.fetcher.wake
 
     @property
     def source(self) -> ConferenceSource:
@@ -143,6 +144,7 @@ class Poller:
             # Lists were turned off: no sweep will observe list-mode watches any more.
             self.sweeper.sweeps.hand_all_to_fetch(utcnow())
             self._lists_off = True
+            self.fetcher.wake()
         return self.fetcher.run(stop or threading.Event(), fetch_mode_only=True, progress=progress)
 
     def sweep_due(

@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -90,6 +91,8 @@ class Sweeper:
         self._accounts: list[str] = []
         self._accounts_at = -math.inf
         self._not_before: dict[str, float] = {}  # account -> monotonic time to ask again
+        # Called when watches were handed to one-by-one fetching, so they go at once.
+        self.on_handover: Callable[[], None] = lambda: None
 
     def run_due(
         self, stop: threading.Event, extra_accounts: tuple[str, ...] = ()
@@ -152,6 +155,8 @@ class Sweeper:
         if report.error is None:
             missing = sorted(responsible - seen)
             report.missing = self.sweeps.hand_to_fetch(missing, utcnow())
+            if report.missing:
+                self.on_handover()
             self.stale_accounts.discard(account)
         # Each conference should be seen again within an interval. Sweeps start an
         # interval apart, so one that runs slower than the last (a busy database, a
@@ -295,6 +300,8 @@ class Sweeper:
         first = account not in self.stale_accounts
         self.stale_accounts.add(account)
         moved = self.sweeps.hand_account_to_fetch(account, now)
+        if moved:
+            self.on_handover()
         if first:
             log.warning(
                 "no list sweep of %s has succeeded for %.0fs: fetching its watches one by one "

@@ -337,6 +337,15 @@ class Store:
                     found[row.sid] = watch_state(row)
         return found
 
+    def next_due(self, *, fetch_mode_only: bool = False) -> datetime | None:
+        """The earliest `next_poll_at` of the active watches (fetch-mode ones only)."""
+        query = select(func.min(W.c.next_poll_at)).where(W.c.status == "active")
+        if fetch_mode_only:
+            query = query.where(W.c.mode == "fetch")
+        with self.read() as conn:
+            due: datetime | None = conn.execute(query).scalar_one_or_none()
+        return due
+
     def claim_due_watches(
         self,
         now: datetime,

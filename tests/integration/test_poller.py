@@ -246,6 +246,45 @@ def test_fetch_only_when_lists_are_off(
         app.close()
 
 
+def test_an_idle_poller_asks_again_when_the_next_watch_is_due(
+    tmp_path: Path, sim: SimulatorServer, ctl: SimulatorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing due, the poll tick does not claim (a write transaction) four times
+    a second: it waits for the earliest due time, at most IDLE_ASK_S."""
+    from monitor.fetcher import IDLE_ASK_S
+
+    app = make_app(tmp_path, sim, CONFERENCE_MONITOR_POLLING_USE_LIST="false")
+    try:
+        sid = ctl.create_conference(status="in-progress")["sid"]
+        poller = app.with_poller()
+        assert poller.poll_sids([sid], ACCOUNT).outcomes == {"ok": 1}
+        assert poller.poll_due().claimed == 1  # its first scheduled fetch: due again in 2 s
+        claims: list[float] = []
+        claim = app.store.claim_due_watches
+
+        def counted(*args: object, **kwargs: object) -> object:
+            claims.append(time.monotonic())
+            return claim(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(app.store, "claim_due_watches", counted)
+        started = time.monotonic()
+        while time.monotonic() - started < 2.6:
+            if poller.poll_due().claimed:
+                break
+            time.sleep(0.05)
+        assert poller.poll_due().claimed == 0
+        # Asked about once a second while waiting, then when the watch came due.
+        assert 3 <= len(claims) <= 2.6 / IDLE_ASK_S + 3, claims  # not every 50 ms
+        assert claims[-1] - started >= 1.5
+        asked = len(claims)
+        poller.poll_due()  # nothing due for 2 s: no claim
+        poller.fetcher.wake()  # something was handed to fetching in this process
+        poller.poll_due()
+        assert len(claims) == asked + 1
+    finally:
+        app.close()
+
+
 def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 

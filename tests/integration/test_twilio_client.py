@@ -571,3 +571,52 @@ def test_proxy_variables_are_honoured(
     client = make_client(base_url="http://api.example.invalid")
     client.fetch_conference(SID)
     assert server.seen[0].path == f"http://api.example.invalid{CONF_PATH}"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Any) -> Iterator[tuple[ScriptedServer, str]]:
+    """The scripted server over TLS, with a certificate from a test CA (trustme)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    srv = ScriptedServer()
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield srv, str(bundle)
+    finally:
+        srv.stopping.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_https_is_verified_against_the_ca_bundle(
+    tls_server: tuple[ScriptedServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio is HTTPS: the certificate is checked, against `REQUESTS_CA_BUNDLE` when set."""
+    server, bundle = tls_server
+    url = server.url.replace("http://", "https://")
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    options = {"account_sid": ACCOUNT, "username": ACCOUNT, "password": TOKEN, "base_url": url}
+    with TwilioClient(**options) as client:  # type: ignore[arg-type]
+        assert client.fetch_conference(SID).sid == SID
+        assert client.fetch_conference(SID).sid == SID
+    assert len({s.peer for s in server.seen}) == 1  # one TLS connection, kept alive
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    untrusted = TwilioClient(**options, max_attempts=1)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(TransientError, match="SSL"):
+            untrusted.fetch_conference(SID)
+    finally:
+        untrusted.close()
+    assert len(server.seen) == 2  # the unverified connection sent nothing

@@ -80,6 +80,14 @@ class Route:
     prefix: bool = False
     max_body_bytes: int = 0  # a larger declared body is refused with 413 before it is read
     on_too_large: Callable[[], None] | None = None  # told of each such refusal (metrics)
+    # How the listener's own refusals (405, 400, 411, 413) look on this route: the
+    # API documents JSON errors. (content type, body) for a status and a message.
+    error_body: Callable[[int, str], tuple[str, bytes]] | None = None
+
+    def refusal(self, status: int, message: str) -> tuple[str, bytes]:
+        if self.error_body is not None:
+            return self.error_body(status, message)
+        return TEXT, message.encode() + b"\n"
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) if self.prefix else path == self.path
@@ -171,7 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.command not in route.methods:
             allow = ", ".join(route.methods)
-            self._send(HTTPStatus.METHOD_NOT_ALLOWED, TEXT, b"method not allowed\n", True, allow)
+            self._refuse(route, HTTPStatus.METHOD_NOT_ALLOWED, "method not allowed", allow)
             return
         body = self._read_body(route)
         if body is None:
@@ -199,20 +207,20 @@ class _Handler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-            self._send(HTTPStatus.LENGTH_REQUIRED, TEXT, b"chunked bodies are not accepted\n", True)
+            self._refuse(route, HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted")
             return None
         if length_text is None:
             return b""
         if not length_text.isdigit():
             self.close_connection = True
-            self._send(HTTPStatus.BAD_REQUEST, TEXT, b"bad Content-Length\n", True)
+            self._refuse(route, HTTPStatus.BAD_REQUEST, "bad Content-Length")
             return None
         length = int(length_text)
         if length > route.max_body_bytes:
             if route.on_too_large is not None:
                 route.on_too_large()
             self.close_connection = True  # the unread body must not be parsed as a request
-            self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TEXT, b"body too large\n", True)
+            self._refuse(route, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body too large")
             return None
         try:
             body = self.rfile.read(length) if length else b""
@@ -223,6 +231,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return body
+
+    def _refuse(self, route: Route, status: int, message: str, allow: str = "") -> None:
+        content_type, body = route.refusal(status, message)
+        self._send(status, content_type, body, True, allow)
 
     def _send(
         self,

@@ -45,6 +45,11 @@ def error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
 
+def _json_refusal(_status: int, message: str) -> tuple[str, bytes]:
+    """The listener's own refusals on API paths, in the API's error format."""
+    return JSON, orjson.dumps({"error": message})
+
+
 UNAUTHORIZED = Response(
     HTTPStatus.UNAUTHORIZED,
     orjson.dumps({"error": "unauthorized"}),
@@ -209,7 +214,9 @@ def register(server: HealthServer, engine: Engine, settings: Callable[[], Settin
     if not current.api.enabled:
         return
     api_settings: Callable[[], ApiSettings] = lambda: settings().api  # noqa: E731
-    server.add_route(Route(PREFIX, HistoryApi(engine, api_settings), prefix=True))
+    server.add_route(
+        Route(PREFIX, HistoryApi(engine, api_settings), prefix=True, error_body=_json_refusal)
+    )
     web = WebView(engine, api_settings)
     server.add_route(Route("/ui/", web, ("GET", "HEAD", "POST"), True, web.MAX_FORM_BYTES))
     server.add_route(Route("/ui", _redirect("/ui/")))

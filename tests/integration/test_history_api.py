@@ -316,6 +316,33 @@ def test_unknown_endpoint_is_404_only_after_auth(api: Api) -> None:
     assert api.get("/api/v1/nothing", token=None).status_code == 401
 
 
+def test_the_listeners_own_refusals_are_json_on_api_paths(api: Api) -> None:
+    """A malformed Content-Length or a method the API does not take is refused before
+    any handler runs; on /api/v1/ the refusal is still the documented JSON error."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(api.base).netloc
+    for method, length, status, message in (
+        ("GET", "dx&E", 400, "bad Content-Length"),
+        ("POST", "0", 405, "method not allowed"),
+    ):
+        conn = http.client.HTTPConnection(host, timeout=10)
+        try:
+            conn.putrequest(method, "/api/v1/conferences")
+            conn.putheader("Authorization", f"Bearer {TOKEN}")
+            conn.putheader("Content-Length", length)
+            conn.endheaders()
+            resp = conn.getresponse()
+            assert resp.status == status
+            assert resp.getheader("Content-Type", "").startswith("application/json")
+            assert json.loads(resp.read()) == {"error": message}
+        finally:
+            conn.close()
+    health = requests.post(api.base + "/healthz", timeout=10)  # elsewhere: plain text
+    assert health.status_code == 405 and health.text == "method not allowed\n"
+
+
 # -- paging while rows are written ------------------------------------------------------------
 
 

@@ -45,9 +45,10 @@ def error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
 
-def _json_refusal(_status: int, message: str) -> tuple[str, bytes]:
+def _json_refusal(status: int, message: str) -> tuple[str, bytes]:
     """The listener's own refusals on API paths, in the API's error format."""
-    return JSON, orjson.dumps({"error": message})
+    response = error(status, message)
+    return response.content_type, response.body
 
 
 UNAUTHORIZED = Response(

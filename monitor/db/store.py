@@ -417,7 +417,7 @@ class Store:
         transaction is rolled back and the batch recorded again change by change,
         each winning or losing its own compare-and-set.
         """
-        if len(batch.changes) > 1:
+        if len(batch.changes) > 1 and self.engine.dialect.supports_sane_multi_rowcount:
             try:
                 return self._record(batch, now, batched=True)
             except (LostRace, IntegrityError):

@@ -27,10 +27,8 @@ from monitor.twilio.transport import (
 
 ERROR_BODY_CAP_BYTES = 64 * 1024  # an error body only has to yield a code and a message
 MIN_TIMEOUT_S = 0.05
-# What sending a request and reading the status line and headers can raise, and
-# what reading the body can raise once the headers are in.
-_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-_BODY_ERRORS = _TRANSPORT_ERRORS
+# What the wire can raise: sending, reading the status line and headers, reading the body.
+_WIRE_ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 ResponseHook = Callable[[str, int | None, float], None]
 """`on_response(operation, http_status_or_None, seconds)`, called once per HTTP attempt."""
@@ -92,7 +90,7 @@ class Exchanger:
                     data=request.data,
                     timeout=timeout,
                 )
-            except _TRANSPORT_ERRORS as exc:
+            except _WIRE_ERRORS as exc:
                 self._observe(request.op, None, began)
                 if deadline.passed():
                     raise self.late(request) from exc
@@ -123,7 +121,7 @@ class Exchanger:
             if not ok:
                 return b""
             raise too_large(request.url, request.sid, cap, exc.declared) from None
-        except _BODY_ERRORS as exc:
+        except _WIRE_ERRORS as exc:
             if deadline.passed():
                 raise self.late(request) from exc
             reason = f"response from Twilio cut short ({type(exc).__name__})"

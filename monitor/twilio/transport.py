@@ -196,9 +196,9 @@ class Pool:
     """
 
     def __init__(self, base_url: str, pool_size: int, headers: dict[str, str]) -> None:
-        self.base_url = base_url
         self.headers = dict(headers)
-        settings = requests.Session().merge_environment_settings(base_url, {}, None, None, None)
+        with requests.Session() as session:
+            settings = session.merge_environment_settings(base_url, {}, None, None, None)
         kwargs: dict[str, Any] = {"maxsize": pool_size, "block": False, "retries": False}
         verify = settings["verify"]
         if verify is False:
@@ -206,11 +206,11 @@ class Pool:
         else:
             kwargs["cert_reqs"] = "CERT_REQUIRED"
             kwargs["ca_certs"] = verify if isinstance(verify, str) else DEFAULT_CA_BUNDLE_PATH
-        self.proxy = select_proxy(base_url, settings["proxies"])
-        self.manager = _manager(self.proxy, kwargs)
+        proxy = select_proxy(base_url, settings["proxies"])
+        self.manager = _manager(proxy, kwargs)
         # Without a proxy, every request goes to one pool: found once, not per request.
         self._direct: HTTPConnectionPool | None = None
-        if self.proxy is None:
+        if proxy is None:
             self._direct = self.manager.connection_from_url(base_url)
         self._origin = _origin(base_url)
 
@@ -279,7 +279,7 @@ def _origin(url: str) -> str:
 def read_body(
     response: BaseHTTPResponse, *, cap: int, deadline: Deadline, read_timeout_s: float
 ) -> bytes:
-    """The decoded body of a streamed response, at most `cap` bytes, before the deadline.
+    """The body of a streamed response, at most `cap` bytes, before the deadline.
 
     Raises `BodyTooLarge` (a Content-Length over the cap is refused unread),
     `DeadlinePassed`, or the transport's own errors. The caller closes the
